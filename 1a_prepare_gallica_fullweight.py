@@ -1,0 +1,34 @@
+"""Step 1a: Gallica books -> 1M samples of 512 tokens for the full-weight training (2a).
+
+    docker exec -it kafka python 1a_prepare_gallica_fullweight.py
+    python 1a_prepare_gallica_fullweight.py --project-dir /tmp/kafka-demo --n-samples 40 \\
+        --seq-len 64 --validation-samples 8 --validation-percent 20 --min-chars 500   # tiny, CPU
+
+Reads every parquet file under /project/datasets/French-PD-Books (streamed: memory stays flat),
+keeps this step's half of the books (1b gets the other half, by file_id hash), skips books with
+OCR quality below --min-ocr, non-French or tiny texts, cleans the OCR, tokenizes each book once
+and cuts 512-token samples, at most 64 per book (32k tokens, about half a typical book) so that
+the 1M samples (512M tokens) come from >= 15k books. Whole books are held out for validation.
+Writes data/1a_gallica_fullweight/{train,validation} + manifest.json. The recipe is gallica.py's.
+"""
+from dataclasses import dataclass
+
+import common
+import gallica
+
+
+@dataclass
+class Settings(gallica.GallicaSettings):
+    n_samples: int = common.setting(1_000_000, "training samples to cut (1M x 512 = 512M tokens)")
+    seq_len: int = common.setting(512, "tokens per sample")
+    max_samples_per_book: int = common.setting(64, "cap per book (64 x 512 = 32k tokens), so that long books don't dominate")
+    validation_samples: int = common.setting(2000, "validation samples (1M tokens), from held-out books")
+
+
+def main():
+    settings = common.parse_settings(Settings, description=__doc__)
+    gallica.prepare(settings, "1a")
+
+
+if __name__ == "__main__":
+    common.run(main)

@@ -1,0 +1,281 @@
+"""Tiny inputs of the real formats, built here (no download): the demo and the tests use them.
+
+- `models/TinyLlama_v1.1/`: a LlamaForCausalLM of TinyLlama's family (GQA, SwiGLU, RMSNorm,
+  RoPE, untied head) shrunk to hidden 64, and a SentencePiece-style BPE tokenizer (Metaspace,
+  <unk>/<s>/</s> at ids 0/1/2 like Llama's) trained on French text written below.
+- `datasets/French-PD-Books/`: parquet files with Gallica's schema and its noise (running heads,
+  page numbers, "Source gallica.bnf.fr / BnF" lines, line-end hyphens, long s, low-OCR books,
+  an English book, a tiny book). Each book carries a unique marker word so tests can trace it.
+- `Kafka-Le-Chateau.pdf`: an A5 novel with alternating running headers, page numbers in every
+  common form, hyphenation at line and page ends, dialogue and centred chapter headings.
+
+    python fixtures.py /tmp/kafka-demo      # builds all three into a project folder
+"""
+import random
+import sys
+from pathlib import Path
+
+FRENCH_SENTENCES = [
+    "Il était tard lorsque K. arriva au village, qui reposait sous une neige épaisse.",
+    "Le château, sur la colline, demeurait invisible, enveloppé de brume et d'obscurité.",
+    "K. resta longtemps sur le pont de bois qui mène de la grand-route au village.",
+    "L'aubergiste, un homme lent et soucieux, lui offrit une paillasse près du poêle.",
+    "— Vous êtes donc l'arpenteur ? demanda le jeune homme avec une politesse étrange.",
+    "Frieda le regardait de ses yeux tristes, où brillait pourtant une sorte de défi.",
+    "On disait que Klamm ne parlait jamais aux gens du village, ni même à ses secrétaires.",
+    "Barnabé apportait des lettres dont personne ne savait au juste qui les avait écrites.",
+    "Olga et Amalia vivaient avec leurs parents dans une maison basse, à l'écart du chemin.",
+    "Le maire expliqua, non sans peine, qu'on n'avait nul besoin d'un arpenteur au village.",
+    "Peut-être, pensa K., qu'il vaudrait mieux attendre le printemps avant d'agir.",
+    "Pepi, la petite servante de l'auberge des Messieurs, parlait sans reprendre haleine.",
+    "Les fonctionnaires du château travaillaient jour et nuit sur des dossiers innombrables.",
+    "« Il faut que je voie Klamm », répéta K., et sa voix se perdit dans le corridor.",
+    "La neige tombait toujours ; les chemins disparaissaient sous un voile blanc et lourd.",
+    "L'instituteur, un petit homme aux épaules étroites, lui proposa la place de concierge.",
+    "C'est-à-dire, ajouta le maire, que votre nomination n'a jamais été tout à fait décidée.",
+    "Le soir, les valets buvaient de la bière et chantaient des chansons qu'on n'entendait guère.",
+    "K. savait qu'il devait lutter, et que cette lutte ne finirait peut-être jamais.",
+    "Elle ouvrit la fenêtre : le froid entra dans la chambre comme une bête silencieuse.",
+    "Les aides, Arthur et Jérémie, riaient sans cesse et ne l'aidaient en rien.",
+    "Son cœur battait ; il sentait que le château le regardait, lui, l'étranger.",
+    "Le messager repartit dans la nuit, et ses pas s'effacèrent aussitôt dans la neige.",
+    "Dit-il vrai ? Personne au village n'aurait su le dire, pas même l'aubergiste.",
+]
+# Gallica's books are other French prose: 19th-century sentences, no names from the novel.
+GALLICA_SENTENCES = [
+    "La diligence s'arrêta devant l'église, et le curé descendit avec une lenteur solennelle.",
+    "Les paysans rentraient des champs au coucher du soleil, chargés de gerbes dorées.",
+    "Monsieur le comte reçut ses invités dans le grand salon, sous les lustres de cristal.",
+    "La rivière coulait doucement entre les saules, et les enfants jouaient sur la berge.",
+    "On parlait beaucoup, à cette époque, des révolutions et des guerres lointaines.",
+    "Madame de Villeneuve écrivait chaque soir à sa sœur, qui demeurait à Lyon.",
+    "Le notaire relut le testament d'une voix grave ; personne n'osa l'interrompre.",
+    "Il y avait dans cette maison une bibliothèque immense, pleine de livres anciens.",
+    "Les soldats traversèrent la ville au petit matin, dans un silence inquiétant.",
+    "Elle chantait en cousant près de la fenêtre, et sa voix remplissait la rue entière.",
+    "Le médecin affirma que le malade guérirait, pourvu qu'on le laissât se reposer.",
+    "Au marché, les marchandes criaient le prix des fruits, des œufs et des volailles.",
+]
+ENGLISH_SENTENCES = [
+    "The old house stood at the end of the lane, and nobody had lived there for years.",
+    "She walked into the garden with her brother and they talked about the weather.",
+]
+TITLES = ["Mémoires d'un voyageur", "La Maison du notaire", "Histoire de la Révolution", "Contes du soir"]
+
+
+def marker_word(index):
+    """A word that occurs in one book only, letters only so no cleaner mistakes it for noise."""
+    letters = "".join("bcdfghjklmnpqrstvwxz"[int(d)] for d in f"{index:03d}")
+    return f"zorg{letters}"
+
+
+def french_corpus():
+    return "\n".join(FRENCH_SENTENCES + GALLICA_SENTENCES + ENGLISH_SENTENCES + TITLES)
+
+
+# ---------------------------------------------------------------------------------------------
+def build_tokenizer(out_dir, vocab_size=512):
+    """A Llama-style tokenizer trained here: BPE over Metaspace ("▁") pieces, ids 0/1/2 = <unk>/<s>/</s>."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    text = french_corpus() + "\n" + " ".join(marker_word(i) for i in range(40)) + " 0123456789 -–—[]()«»;:!?.,'’"
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    tokenizer.train_from_iterator(text.splitlines() * 3, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        model_max_length=2048, add_bos_token=False, add_eos_token=False,
+    )
+    wrapped.save_pretrained(out_dir)
+    return wrapped
+
+
+def build_model(out_dir, vocab_size=512, seed=0):
+    """TinyLlama_v1.1's architecture (22 layers, hidden 2048, 32 heads / 4 KV heads, 5632) shrunk.
+    Every projection's output is a multiple of 32, as bitsandbytes' 4-bit layers need."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+def _ocr_page_lines(rng, sentences, marker, width=60):
+    words = " ".join(rng.choice(sentences) for _ in range(8)).split()
+    words.insert(rng.randrange(len(words)), marker)
+    lines, line = [], ""
+    for word in words:
+        if len(line) + len(word) + 1 > width:
+            if len(word) >= 8 and word.isalpha() and rng.random() < 0.5:  # OCR keeps the printer's hyphens
+                cut = len(word) // 2
+                lines.append(f"{line} {word[:cut]}-".strip())
+                line = word[cut:]
+                continue
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    return lines
+
+
+def gallica_book(rng, index, title, pages=4, sentences=GALLICA_SENTENCES):
+    """One book's `complete_text` as Gallica's OCR gives it: every page has its running head,
+    its number and the source line; the long s appears; words are hyphenated at line ends."""
+    marker = marker_word(index)
+    out = []
+    for page in range(1, pages + 1):
+        head = f"{page * 2}   {title.upper()}" if page % 2 else f"{title.upper()}   {page * 2 + 1}"
+        body = _ocr_page_lines(rng, sentences, marker)
+        body = [l.replace("sse", "ſſe", 1) if rng.random() < 0.1 else l for l in body]
+        out.append("\n".join([head, ""] + body + ["", f"- {page * 2} -" if page % 3 else str(page * 2),
+                                                   "Source gallica.bnf.fr / Bibliothèque nationale de France"]))
+    return "\n\n".join(out)
+
+
+def build_gallica(out_dir, n_files=2, books_per_file=24, pages=4, seed=0):
+    """Parquet files with the real schema. Returns {file_id: "kept" | "low_ocr" | "english" | "tiny"}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kinds = {}
+    for f in range(n_files):
+        rows = []
+        for b in range(books_per_file):
+            index = f * books_per_file + b
+            file_id = f"bpt6k{100000 + index * 37}"
+            kind = "kept"
+            ocr = str(rng.choice([85, 92, 96, 99]))
+            title = rng.choice(TITLES)
+            text = gallica_book(rng, index, title, pages)
+            if b % 6 == 1:
+                kind, ocr = "low_ocr", rng.choice(["45", "61", "12"])
+            elif b % 6 == 3 and f == 0:
+                kind, text = "english", gallica_book(rng, index, "The Old House", pages, ENGLISH_SENTENCES)
+            elif b % 6 == 5 and f == 0:
+                kind, text = "tiny", f"{marker_word(index)} Fin."
+            elif b % 6 == 5:
+                ocr = rng.choice([None, "", "n/a"])  # missing or odd OCR scores: kept out, counted
+                kind = "odd_ocr"
+            kinds[file_id] = kind
+            rows.append({
+                "file_id": file_id, "ocr": ocr, "title": title, "date": rng.choice(["1876", "18??", "1902"]),
+                "author": rng.choice([None, "Anonyme", "Victor Dupont"]), "page_count": pages,
+                "word_count": len(text.split()), "character_count": len(text), "complete_text": text,
+            })
+        sub = out_dir / ("nested" if f % 2 else ".")  # "parquet files at any depth"
+        sub.mkdir(exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), sub / f"gallica_mono_{f}.parquet")
+    return kinds
+
+
+# ---------------------------------------------------------------------------------------------
+HEADERS = ("FRANZ KAFKA", "LE CHÂTEAU")
+PAGE_NUMBER_FORMS = ("{}", "- {} -", "– {} –", "— {} —", "[{}]")
+
+
+def novel_source(n_chapters=3, paragraphs_per_chapter=9, seed=1):
+    """The novel as (kind, text) items: ("heading", ...) or ("paragraph", ...)."""
+    rng = random.Random(seed)
+    names = ["CHAPITRE PREMIER", "CHAPITRE II", "CHAPITRE III", "CHAPITRE IV", "CHAPITRE V"]
+    items = []
+    for c in range(n_chapters):
+        items.append(("heading", names[c]))
+        for p in range(paragraphs_per_chapter):
+            if p % 3 == 2:
+                items.append(("paragraph", "— " + rng.choice(FRENCH_SENTENCES).lstrip("— ")))
+            else:
+                items.append(("paragraph", " ".join(rng.choice(FRENCH_SENTENCES) for _ in range(rng.randint(3, 6)))))
+    return items
+
+
+def build_novel_pdf(path, items=None, fontsize=10.5):
+    """Lay the novel out on A5 pages, as a printer would, and save it as a PDF with a text layer."""
+    import pymupdf
+
+    items = items or novel_source()
+    font = pymupdf.Font("tiro")  # Times, built into pymupdf, covers French (é, œ, « », —)
+    width, height, margin, leading = 420, 595, 50, fontsize * 1.35
+    text_width = width - 2 * margin
+    lines = []  # (x, text, kind) then page breaks decided by height
+    for kind, text in items:
+        if kind == "heading":
+            w = font.text_length(text, fontsize)
+            lines += [("gap", None), (margin + (text_width - w) / 2, text), ("gap", None)]
+            continue
+        indent, line = 15, ""
+        for word in text.split():
+            candidate = f"{line} {word}".strip()
+            if font.text_length(candidate, fontsize) <= text_width - indent:
+                line = candidate
+                continue
+            # Break: hyphenate long words the way a typesetter does (compounds at their own hyphen).
+            head, tail = None, None
+            if "-" in word.strip(",.;:!?") and not word.startswith("—"):
+                head, tail = word.split("-", 1)[0] + "-", word.split("-", 1)[1]
+            elif len(word.strip(",.;:!?»")) >= 8 and word.isalpha():
+                cut = len(word) // 2
+                head, tail = word[:cut] + "-", word[cut:]
+            if head and font.text_length(f"{line} {head}".strip(), fontsize) <= text_width - indent:
+                lines.append((margin + indent, f"{line} {head}".strip()))
+                line = tail
+            else:
+                lines.append((margin + indent, line))
+                line = word
+            indent = 0
+        lines.append((margin + indent, line))
+
+    doc = pymupdf.open()
+    top, bottom = margin + 20, height - margin - 20
+    page, y, number = None, None, 0
+    for x, text in lines:
+        if page is None or y > bottom:
+            number += 1
+            page = doc.new_page(width=width, height=height)
+            header = HEADERS[number % 2]
+            hx = margin if number % 2 == 0 else width - margin - font.text_length(header, 8)
+            writer = pymupdf.TextWriter(page.rect)
+            writer.append((hx, margin - 10), header, font=font, fontsize=8)
+            num = PAGE_NUMBER_FORMS[number % len(PAGE_NUMBER_FORMS)].format(number + 4)
+            writer.append(((width - font.text_length(num, 9)) / 2, height - margin + 15), num, font=font, fontsize=9)
+            writer.write_text(page)
+            y = top
+        if x == "gap":
+            y += leading
+            continue
+        writer = pymupdf.TextWriter(page.rect)
+        writer.append((x, y), text, font=font, fontsize=fontsize)
+        writer.write_text(page)
+        y += leading
+    doc.save(path)
+    return items
+
+
+def build_project(project_dir, n_files=2, books_per_file=24, pages=4):
+    """All three inputs in a project folder, as the notebook would place the real ones."""
+    project_dir = Path(project_dir)
+    model_dir = project_dir / "models" / "TinyLlama_v1.1"
+    tokenizer = build_tokenizer(model_dir)
+    build_model(model_dir, vocab_size=len(tokenizer))
+    kinds = build_gallica(project_dir / "datasets" / "French-PD-Books", n_files, books_per_file, pages)
+    items = build_novel_pdf(project_dir / "Kafka-Le-Chateau.pdf")
+    return {"book_kinds": kinds, "novel": items}
+
+
+if __name__ == "__main__":
+    build_project(sys.argv[1] if len(sys.argv) > 1 else "/tmp/kafka-demo")
+    print(f"tiny inputs written under {sys.argv[1] if len(sys.argv) > 1 else '/tmp/kafka-demo'}")
