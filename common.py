@@ -110,10 +110,11 @@ def compute_dtype():
     return torch.bfloat16 if use_cuda() else torch.float32
 
 
-def warn_if_cpu():
+def check_device():
+    """Warn once when there is no GPU. On CPU, torch.compile (used by torchao's optimizer step)
+    is turned off: compiling costs ~20 s per tensor shape there, and eager mode computes the same."""
     if not use_cuda():
-        import torch
-        torch._dynamo.config.disable = True  # compiling on CPU costs ~20 s per tensor shape; eager is exact
+        os.environ["TORCHDYNAMO_DISABLE"] = "1"
         print("warning: no CUDA GPU found: running on CPU (slow; fine for the tiny demo and the tests)", file=sys.stderr)
 
 
