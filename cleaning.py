@@ -119,15 +119,26 @@ def french_score(text, sample_chars=20000):
     return letters, function
 
 
+def looks_like_running_head(line):
+    """Heads are titles: capitals ("MÉMOIRES D'UN VOYAGEUR"), a page number beside them, or no
+    closing punctuation. A repeated line of dialogue ("— Oui.") is none of these."""
+    line = line.strip()
+    letters = [c for c in line if c.isalpha()]
+    upper = sum(c.isupper() for c in letters) / max(1, len(letters))
+    return not ends_with_line_hyphen(line) and (upper >= 0.6 or any(c.isdigit() for c in line)
+                                                or not line.endswith((".", "!", "?", "»", "…", ":", ";", ",")))
+
+
 def clean_ocr_text(text, min_header_repeats=3):
     """Gallica `complete_text` -> paragraphs of prose separated by blank lines.
 
-    Drops page-number lines, Gallica/BnF source lines and running heads (a short line repeated
-    at least `min_header_repeats` times in the book, digits aside); undoes line-end hyphenation;
-    turns the long s into s. Lines of one paragraph are joined; blank lines separate paragraphs.
+    Drops page-number lines, Gallica/BnF source lines and running heads (a short title-like line
+    repeated at least `min_header_repeats` times in the book, digits aside); undoes line-end
+    hyphenation; turns the long s into s. Lines of one paragraph are joined; blank lines separate
+    paragraphs.
     """
     lines = normalize_chars(text).splitlines()
-    keys = Counter(header_key(l) for l in lines if 0 < len(l.strip()) <= 80)
+    keys = Counter(header_key(l) for l in lines if 0 < len(l.strip()) <= 80 and looks_like_running_head(l))
     heads = {k for k, n in keys.items() if n >= min_header_repeats and k}
     vocabulary = words_of(text)
     paragraphs, current = [], []
@@ -140,7 +151,7 @@ def clean_ocr_text(text, min_header_repeats=3):
             continue
         if is_page_number(stripped) or GALLICA_SOURCE.search(stripped):
             continue
-        if len(stripped) <= 80 and header_key(stripped) in heads:
+        if len(stripped) <= 80 and looks_like_running_head(stripped) and header_key(stripped) in heads:
             continue
         current.append(stripped)
     if current:

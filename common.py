@@ -67,16 +67,20 @@ def _parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown; the script's docstring (its commands) kept as written."""
+
+
 def parse_settings(cls, argv=None, description=None):
     """Build `cls` from the command line: `--field-name value` for each field, defaults shown by
     --help, unknown flags refused, then every problem from `cls.problems()` reported at once."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
         parser.add_argument(
             "--" + field.name.replace("_", "-"), dest=field.name, default=field.default,
-            type=_parse_bool if kind is bool else kind, help=field.metadata.get("help", ""),
+            type=_parse_bool if kind is bool else kind, help=field.metadata.get("help", "").replace("%", "%%"),
             metavar=kind.__name__.upper(), **({"nargs": "?", "const": True} if kind is bool else {}),
         )
     settings = cls(**vars(parser.parse_args(argv)))

@@ -1,5 +1,6 @@
 """How token streams become fixed-length training samples, and which book goes where: pure functions."""
 import hashlib
+import math
 
 import numpy as np
 
@@ -46,13 +47,13 @@ def novel_windows(n_tokens, seq_len, stride, validation_fraction):
     """(train_starts, validation_starts) for one long text.
 
     Validation is one contiguous slice from the middle of the book (`validation_fraction` of it,
-    at least one window when the fraction is > 0), cut into non-overlapping windows. Training
+    rounded up to whole windows, at least one when the fraction is > 0), cut into non-overlapping windows. Training
     windows (stride `stride`, so each token is seen ~seq_len/stride times) cover the text before
     and after that slice and never overlap it.
     """
     if validation_fraction <= 0:
         return strided_starts(0, n_tokens, seq_len, stride), []
-    val_len = max(seq_len, int(n_tokens * validation_fraction))
+    val_len = seq_len * max(1, math.ceil(n_tokens * validation_fraction / seq_len))  # whole windows
     val_begin = max(0, (n_tokens - val_len) // 2)
     val_end = val_begin + val_len
     val_starts = list(range(val_begin, val_end - seq_len + 1, seq_len))
