@@ -84,7 +84,8 @@ def build_tokenizer(out_dir, vocab_size=512):
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     text = french_corpus() + "\n" + " ".join(marker_word(i) for i in range(40)) + " 0123456789 -–—[]()«»;:!?.,'’"
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=["\n"])  # paragraphs are separated by blank lines
     tokenizer.train_from_iterator(text.splitlines() * 3, trainer=trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
