@@ -79,7 +79,7 @@ def main():
     optimizers = (make_optimizer(model, settings), None) if settings.optimizer == "adamw8bit_sr" else (None, None)
     optim = "adamw_torch" if settings.optimizer == "adamw8bit_sr" else settings.optimizer
     training.fit(settings, "2a", model, tokenizer, data["train"], validation, optimizers=optimizers, optim=optim)
-    print(f"2a done: model in {project / common.MODELS['2a']}. Next: python {common.SCRIPTS['1b']} (if not done), "
+    common.say(f"2a done: model in {project / common.MODELS['2a']}. Next: python {common.SCRIPTS['1b']} (if not done), "
           f"then python {common.SCRIPTS['2b']}")
 
 

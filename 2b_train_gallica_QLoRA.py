@@ -95,7 +95,7 @@ def train(settings):
 def main():
     settings = common.parse_settings(Settings, description=__doc__)
     train(settings)
-    print(f"2b done: adapter in {common.project_dir(settings.project_dir) / common.MODELS['2b']}. "
+    common.say(f"2b done: adapter in {common.project_dir(settings.project_dir) / common.MODELS['2b']}. "
           f"Next: python {common.SCRIPTS['1c']} (if not done), then python {common.SCRIPTS['2c']}")
 
 

@@ -12,7 +12,6 @@ the 2a model (bf16 on GPU, never the 4-bit weights) with the adapter merged in, 
 loadable by AutoModelForCausalLM.from_pretrained.
 """
 import importlib
-import os
 import shutil
 from dataclasses import dataclass
 
@@ -61,9 +60,9 @@ def main():
     settings = common.parse_settings(Settings, description=__doc__)
     project = common.project_dir(settings.project_dir)
     qlora.train(settings)
-    if settings.merge and int(os.environ.get("RANK", 0)) == 0:
+    if settings.merge and common.is_main_process():
         merged = merge(project)
-        print(f"2c done: adapter in {project / common.MODELS['2c']}, merged model in {merged}. "
+        common.say(f"2c done: adapter in {project / common.MODELS['2c']}, merged model in {merged}. "
               f"Next: python {common.SCRIPTS['3']} (writes the continuation), or notebook.ipynb's scoreboard")
 
 

@@ -48,6 +48,16 @@ def project_dir(value=""):
     return Path(value or os.environ.get("KAFKA_PROJECT_DIR") or "/project")
 
 
+def is_main_process():
+    """Rank 0 under torchrun / accelerate launch (and a plain run): the one that talks and writes."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def say(message):
+    if is_main_process():
+        print(message, flush=True)
+
+
 def run_hint(stage):
     return f"run `python {SCRIPTS[stage]}` first"
 

@@ -151,6 +151,21 @@ class GenerateSamples(TrainerCallback):
             self.generate(model, state.global_step)
 
 
+class RecordStart(TrainerCallback):
+    """Keeps the validation losses of the evaluation before the first step (eval_on_start)."""
+
+    def __init__(self, path):
+        self.path, self.losses, self.step = Path(path), {}, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.step = None if self.path.exists() else state.global_step  # a resumed run keeps the first numbers
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.global_step == self.step and state.is_world_process_zero:
+            self.losses.update({k: v for k, v in metrics.items() if k.endswith("_loss")})
+            self.path.write_text(json.dumps(self.losses, indent=2) + "\n")
+
+
 class CurriculumTrainer(Trainer):
     """The HF Trainer plus tokens/s in the logs and, on request, a digest of every batch."""
 
@@ -194,6 +209,13 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
     seq_len = len(train_dataset[0]["input_ids"])
     world = int(os.environ.get("WORLD_SIZE", 1))
     tokens_per_step = settings.batch_size * settings.grad_accum * seq_len * world
+    resume = {"never": None, "auto": latest_checkpoint(output_dir)}.get(settings.resume, settings.resume)
+    # Validation before training runs inside train() (eval_on_start), once the model is wrapped for
+    # DDP: a trainer.evaluate() first would mark it prepared and DDP would never wrap it. A resumed
+    # run keeps the first run's numbers.
+    start_file = output_dir / "eval_start.json"
+    if not resume:
+        start_file.unlink(missing_ok=True)
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=settings.max_steps, num_train_epochs=1,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,
@@ -204,10 +226,9 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
         gradient_checkpointing=settings.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy="steps", eval_steps=settings.eval_steps, logging_steps=settings.logging_steps,
         save_strategy="steps", save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
-        report_to=["tensorboard"], seed=settings.seed, data_seed=settings.seed,
+        report_to=["tensorboard"], seed=settings.seed, data_seed=settings.seed, eval_on_start=not start_file.exists(),
         ddp_find_unused_parameters=False, dataloader_num_workers=0,
     )
-    resume = {"never": None, "auto": latest_checkpoint(output_dir)}.get(settings.resume, settings.resume)
     if resume and not is_complete_checkpoint(resume):
         raise common.StageError(f"{resume} is not a complete checkpoint: pass --resume auto to take the latest complete one")
     rank = int(os.environ.get("RANK", 0))
@@ -215,23 +236,13 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
     trainer = CurriculumTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_datasets,
         data_collator=collate, processing_class=tokenizer, optimizers=optimizers,
-        callbacks=[stopper, GenerateSamples(settings, tokenizer, output_dir, log_dir)],
+        callbacks=[stopper, GenerateSamples(settings, tokenizer, output_dir, log_dir), RecordStart(start_file)],
         tokens_per_step=tokens_per_step,
         record_batches_to=output_dir / f"batches-rank{rank}.txt" if settings.record_batches else None,
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:
         raise common.StageError("the model has no trainable parameters: nothing would be learned")
-
-    # Validation before training (kept from the first run when resuming).
-    start_file = output_dir / "eval_start.json"
-    if resume and start_file.exists():
-        start = json.loads(start_file.read_text())
-    else:
-        start = trainer.evaluate()
-        if trainer.is_world_process_zero():
-            start_file.write_text(json.dumps(start, indent=2))
-    print(f"{stage}: validation before training: " + ", ".join(f"{k}={v:.4f}" for k, v in start.items() if k.endswith("_loss")))
 
     began = time.time()
     try:
@@ -242,15 +253,17 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
             f"CUDA out of memory at --batch-size {settings.batch_size} with {seq_len}-token samples: lower --batch-size "
             f"(raise --grad-accum to keep the tokens per step), then the prepare step's --seq-len; "
             f"the last checkpoint ({last or 'none yet'}) stays usable") from None
+    start = json.loads(start_file.read_text())
+    common.say(f"{stage}: validation before training: " + ", ".join(f"{k}={v:.4f}" for k, v in start.items()))
     if stopper.received:
-        print(f"{stage}: stopped by {stopper.received} at step {trainer.state.global_step}; checkpoint saved in "
+        common.say(f"{stage}: stopped by {stopper.received} at step {trainer.state.global_step}; checkpoint saved in "
               f"{latest_checkpoint(output_dir)}. Rerun the same command to resume.")
         raise SystemExit(130 if stopper.received == "SIGINT" else 143)
 
     end = trainer.evaluate()
     primary = f"eval_{next(iter(eval_datasets))}_loss"
     metrics = {
-        "stage": stage, "validation_loss_start": {k: v for k, v in start.items() if k.endswith("_loss")},
+        "stage": stage, "validation_loss_start": start,
         "validation_loss_end": {k: v for k, v in end.items() if k.endswith("_loss")},
         "perplexity_start": math.exp(start[primary]), "perplexity_end": math.exp(end[primary]),
         "steps": trainer.state.global_step, "tokens_seen": trainer.state.global_step * tokens_per_step,
@@ -263,6 +276,9 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
         GenerateSamples(settings, tokenizer, output_dir, log_dir).generate(model, trainer.state.global_step)
         common.save_settings(settings, output_dir / "settings.json")
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"{stage}: validation loss {start[primary]:.4f} -> {end[primary]:.4f} "
+    if settings.record_batches:  # each rank's final weights: DDP ranks must agree
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        (output_dir / f"weights-rank{rank}.txt").write_text(common.tensor_digest(trained) + "\n")
+    common.say(f"{stage}: validation loss {start[primary]:.4f} -> {end[primary]:.4f} "
           f"(perplexity {metrics['perplexity_start']:.1f} -> {metrics['perplexity_end']:.1f}) in {metrics['steps']} steps")
     return metrics
