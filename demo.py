@@ -5,7 +5,8 @@ the way to see the pipeline work without a GPU or any download.
     python demo.py /path/to/dir    # elsewhere
 
 Runs the very scripts the real run uses, with tiny settings (below), and prints each stage's
-validation loss before and after, a generated sample, the continuation and the scoreboard.
+validation loss before and after, a generated sample, then the continuation (3_continue_kafka.py)
+and the scoreboard.
 """
 import json
 import os
@@ -30,6 +31,9 @@ STEPS = [
                                    "--lora-r", "8", "--lora-alpha", "16"] + TRAIN_COMMON),
     ("2c_train_kafka_QLoRA.py", ["--batch-size", "2", "--grad-accum", "1", "--lr", "1e-2"] + TRAIN_COMMON),
 ]
+
+
+CONTINUE = ["--new-tokens", "300", "--context-tokens", "128", "--chunk-tokens", "64"]
 
 
 def script_env(project):
@@ -65,7 +69,17 @@ def main():
         samples = project / common.MODELS.get(script[:2], "-") / "samples.jsonl"
         if samples.exists():
             print(f"   sample: {json.loads(samples.read_text().splitlines()[-1])['text'][:200]!r}")
-    print(f"\nall six steps ran in {time.time() - began:.0f} s; outputs under {project}")
+    print("\n== 3_continue_kafka.py")
+    run_step(project, "3_continue_kafka.py", CONTINUE)
+    continuation = (project / "output" / "continuation_2c.md").read_text().split("\n---\n", 1)[1]
+    print(f"   {continuation.strip()[:300]!r} ...\n   (a 100k-parameter model trained for seconds: the words are French-shaped, not yet French)")
+
+    print("\n== scoreboard (output/scoreboard.json)")
+    import generation
+    import scoreboard
+    rows = scoreboard.build(project, n_samples=4, sampling=generation.Sampling(new_tokens=60), max_eval_samples=16)
+    print(scoreboard.format_table(rows))
+    print(f"\nthe curriculum ran in {time.time() - began:.0f} s; outputs under {project}")
 
 
 if __name__ == "__main__":

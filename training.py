@@ -214,8 +214,11 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
     # DDP: a trainer.evaluate() first would mark it prepared and DDP would never wrap it. A resumed
     # run keeps the first run's numbers.
     start_file = output_dir / "eval_start.json"
-    if not resume:
-        start_file.unlink(missing_ok=True)
+    if not resume and common.is_main_process():  # a fresh start: the logs of earlier runs would mix in
+        import shutil
+        shutil.rmtree(log_dir, ignore_errors=True)
+        for stale in [start_file, output_dir / "samples.jsonl", *output_dir.glob("batches-rank*.txt")]:
+            stale.unlink(missing_ok=True)
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=settings.max_steps, num_train_epochs=1,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,

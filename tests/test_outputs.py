@@ -1,0 +1,123 @@
+"""The continuation, the scoreboard, the downloads planner and the notebook."""
+import json
+import re
+
+import pytest
+
+import common
+import downloads
+import scoreboard
+from conftest import ROOT, run_script
+
+from demo import CONTINUE
+
+
+def body(path):
+    return path.read_text().split("\n---\n", 1)[1].strip()
+
+
+def test_continuation_slides_past_one_window_and_is_reproducible(pipeline, tmp_path):
+    project = pipeline[0]
+    out_a, out_b, out_c = (tmp_path / f"{n}.md" for n in "abc")
+    run_script(project, "3_continue_kafka.py", *CONTINUE, "--output", out_a)
+    run_script(project, "3_continue_kafka.py", *CONTINUE, "--output", out_b)
+    run_script(project, "3_continue_kafka.py", *CONTINUE, "--output", out_c, "--seed", "1")
+    header = out_a.read_text().split("\n---\n")[0]
+    assert "- seed: 0" in header and "- stage: 2c" in header and "- temperature: 0.8" in header
+    generated = int(re.search(r"generated tokens: (\d+)", header).group(1))
+    assert generated > 128 + 64  # more than one window: the sliding window really ran
+    assert body(out_a) == body(out_b) and body(out_a) != body(out_c)
+    clean_text = (project / common.DATA["1c"] / "clean_text.txt").read_text()
+    assert not clean_text.strip().endswith(body(out_a)[:40])
+    assert not body(out_a).startswith(clean_text.strip()[-40:])  # it starts after the prompt, not with it
+
+
+def test_continuation_default_output_and_other_stage(pipeline):
+    project = pipeline[0]
+    out = run_script(project, "3_continue_kafka.py", *CONTINUE, "--stage", "2b", "--prompt", "K. ouvrit la porte.")
+    path = project / "output" / "continuation_2b.md"
+    assert path.exists() and str(path) in out.stdout
+
+
+def test_scoreboard_metrics_on_hand_written_texts():
+    clean = ["K. regarda Frieda, puis Klamm parut au château ; Olga et Barnabé attendaient à l'auberge du village."]
+    other = ["La diligence s'arrêta devant l'église, et le curé descendit avec une lenteur solennelle."]
+    noisy = ["Il marchait — 25 — dans la rue\n12\nLE CHÂTEAU\nSource gallica.bnf.fr / BnF\net 245 pas plus loin."]
+    assert scoreboard.kafka_word_rate(clean) > 300 and scoreboard.kafka_word_rate(other) == 0
+    assert scoreboard.artifact_rate(noisy) > 200 and scoreboard.artifact_rate(clean + other) == 0
+    assert scoreboard.distinct_n(["a b c d e f"]) == 1.0
+    assert scoreboard.distinct_n(["le la le la le la le la"]) < 0.3
+
+
+def test_scoreboard_rows_and_files(pipeline):
+    project = pipeline[0]
+    rows = scoreboard.build(project, n_samples=2, max_eval_samples=8)
+    assert [r["stage"] for r in rows] == ["base", "2a", "2b", "2c"]
+    by = {r["stage"]: r for r in rows}
+    assert by["2c"]["kafka_perplexity"] < by["2b"]["kafka_perplexity"]  # 2c imprinted the novel
+    assert by["2a"]["french_perplexity"] < by["base"]["french_perplexity"]  # 2a learned French
+    assert json.loads((project / "output" / "scoreboard.json").read_text()) == rows
+    assert (project / "output" / "scoreboard.csv").read_text().startswith("stage,kafka_perplexity")
+
+
+def test_download_planner():
+    listing = [f"gallica_mono_{n}.parquet" for n in (10, 2, 1, 33)] + ["README.md", "other.parquet"]
+    assert downloads.plan_gallica_files(listing, 3) == ["gallica_mono_1.parquet", "gallica_mono_2.parquet", "gallica_mono_10.parquet"]
+    with pytest.raises(common.StageError):
+        downloads.plan_gallica_files(listing, 5)
+    a = downloads.CorpusAssumptions()
+    # 1a alone: 1M samples / (2000 books x 1/2 x 60% x 128 samples) = 13.02 files, x 1.2 margin -> 16
+    assert downloads.files_needed([(1_000_000, 512, 128)], a) == 16
+    assert downloads.files_needed([(1000, 512, 128)], a) == 1
+    assert downloads.planned_file_count() < 60  # never the whole corpus (~150 files)
+
+
+def test_downloads_are_idempotent_and_need_no_network(fresh_project, monkeypatch, tmp_path):
+    import huggingface_hub
+    project, _ = fresh_project
+    fetched = []
+
+    def fake_download(repo, name, repo_type=None, local_dir=None, token=None):
+        fetched.append(name)
+        (local_dir / name).write_bytes(b"PAR1")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("model fetched again"))
+    assert "already" in downloads.download_model(project)
+    assert "already" in downloads.download_novel(project)
+    listing = [f"gallica_mono_{n}.parquet" for n in range(5)]
+    (project / common.GALLICA_DIR / "gallica_mono_1.parquet").write_bytes(b"PAR1")
+    downloads.download_gallica(project, 3, listing=listing)
+    # gallica_mono_0 (a fixture file) and _1 are there: only _2 is fetched
+    assert fetched == ["gallica_mono_2.parquet"]
+    downloads.download_gallica(project, 3, listing=listing)
+    assert len(fetched) == 1  # nothing fetched the second time
+
+
+def test_novel_download_resumes_from_a_file_url_or_says_where_to_put_it(fresh_project, tmp_path):
+    project, _ = fresh_project
+    pdf = project / common.NOVEL_PDF
+    source = tmp_path / "source.pdf"
+    pdf.rename(source)
+    assert "downloaded" in downloads.download_novel(project, url=source.as_uri())
+    assert pdf.read_bytes() == source.read_bytes()
+    pdf.unlink()
+    message = downloads.download_novel(project, url="http://127.0.0.1:9/none.pdf")
+    assert str(pdf) in message and not pdf.exists()
+
+
+def test_notebook_runs_top_to_bottom(pipeline, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+    project = pipeline[0]
+    notebook = nbformat.read(ROOT / "notebook.ipynb", as_version=4)
+    for name, value in dict(KAFKA_PROJECT_DIR=str(project), KAFKA_NEW_TOKENS="40", KAFKA_SCOREBOARD_SAMPLES="2").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws the figures
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the curves were drawn
+    assert "Gallica not needed" in text and "model already" in text and "novel already" in text
+    assert "kafka_perplexity" in text and "=== 2c" in text
+    assert (project / "output" / "scoreboard.json").exists()
