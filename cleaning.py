@@ -25,22 +25,27 @@ _CHAR_FIXES = {
     "\u00a0": " ", "\u202f": " ", "\u2009": " ", "\u2007": " ", "\u200a": " ", "\u2002": " ", "\u2003": " ",
     "\u200b": "", "\ufeff": "",
 }
-_CHAR_FIX_TABLE = str.maketrans(_CHAR_FIXES)
+_CHAR_FIX_PATTERN = re.compile("[" + "".join(_CHAR_FIXES) + "]")
 SOFT_HYPHEN = "\u00ad"
 
 
 def normalize_chars(text):
-    """Ligatures, long s, odd spaces -> plain characters; NFC so that "é" is one code point."""
-    return unicodedata.normalize("NFC", text.translate(_CHAR_FIX_TABLE))
+    """Ligatures, long s, odd spaces -> plain characters; NFC so that "é" is one code point.
+    (A regex finds the few odd characters: str.translate with a dict walks every character.)"""
+    text = _CHAR_FIX_PATTERN.sub(lambda m: _CHAR_FIXES[m.group()], text)
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
 def is_page_number(line):
     return bool(PAGE_NUMBER.match(line))
 
 
+_NOT_HEADER_WORDS = re.compile(r"[\d\[\]()\-–—.\s]+")
+
+
 def header_key(line):
     """What stays of a running header once its page number is gone: "12  LE CHÂTEAU" -> "le château"."""
-    return re.sub(r"\s+", " ", re.sub(r"[\d\[\]()\-–—.]", " ", line)).strip().lower()
+    return _NOT_HEADER_WORDS.sub(" ", line).strip().lower()
 
 
 def ends_with_line_hyphen(line):
@@ -138,20 +143,24 @@ def clean_ocr_text(text, min_header_repeats=3):
     paragraphs.
     """
     lines = normalize_chars(text).splitlines()
-    keys = Counter(header_key(l) for l in lines if 0 < len(l.strip()) <= 80 and looks_like_running_head(l))
-    heads = {k for k, n in keys.items() if n >= min_header_repeats and k}
+    keys = [header_key(l) if 0 < len(l) <= 80 else "" for l in lines]
+    repeated = {k for k, n in Counter(keys).items() if n >= min_header_repeats and k}
+    # Only lines that repeat are candidates; the (slower) title test runs on those alone.
+    title_like = {l: looks_like_running_head(l) for l in {l for k, l in zip(keys, lines) if k in repeated}}
+    heads = {k for k, l in zip(keys, lines) if k in repeated and title_like[l]}
     vocabulary = words_of(text)
+    has_source_lines = GALLICA_SOURCE.search(text) is not None  # one search of the book, not one per line
     paragraphs, current = [], []
-    for line in lines:
+    for line, key in zip(lines, keys):
         stripped = line.strip()
         if not stripped:
             if current and not ends_with_line_hyphen(current[-1]):  # a hyphen carries over a page break
                 paragraphs.append(join_lines(current, vocabulary))
                 current = []
             continue
-        if is_page_number(stripped) or GALLICA_SOURCE.search(stripped):
+        if is_page_number(stripped) or (has_source_lines and GALLICA_SOURCE.search(stripped)):
             continue
-        if len(stripped) <= 80 and looks_like_running_head(stripped) and header_key(stripped) in heads:
+        if key in heads and title_like[line]:
             continue
         current.append(stripped)
     if current:

@@ -11,6 +11,8 @@ import multiprocessing
 import os
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 import common
@@ -62,7 +64,8 @@ def _init_worker(model_dir, seq_len, max_samples_per_book, min_chars):
 
 
 def _process_book(book):
-    """(file_number, file_id, split, skip_reason | None, windows): filter, clean, tokenize once, cut."""
+    """(file_number, file_id, split, skip_reason | None, (n_tokens, windows) | None): filter, clean,
+    tokenize once, cut."""
     number, file_id, split, text, skipped = book
     tok, seq_len = _worker["tokenizer"], _worker["seq_len"]
     if skipped or len(text) < _worker["min_chars"]:
@@ -73,7 +76,15 @@ def _process_book(book):
     # A Llama base model saw each document as BOS ... EOS; samples stay inside one book.
     ids = [tok.bos_token_id] + tok(clean_ocr_text(text), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     windows = book_windows(ids, seq_len, _worker["max_windows"])
-    return number, file_id, split, None if len(windows) else "too_short", windows
+    return number, file_id, split, None if len(windows) else "too_short", (len(ids), windows)
+
+
+def arrow_samples(windows):
+    """(n, seq_len) int32 windows -> an Arrow table with a list<int32> `input_ids` column, built from
+    the numpy buffer directly (a Python list per token would cost more than the tokenizer)."""
+    n, seq_len = windows.shape
+    offsets = pa.array(np.arange(0, (n + 1) * seq_len, seq_len, dtype=np.int32))
+    return pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(windows.reshape(-1)))})
 
 
 def parquet_files(corpus_dir):
@@ -118,7 +129,7 @@ def prepare(settings, step):
 
     # 1. Stream books -> workers clean + tokenize -> samples written as they come.
     counts = {k: 0 for k in ("files_read", "books_read", "skipped_missing_ocr", "skipped_low_ocr",
-                             "skipped_too_short", "skipped_not_french", "books_used")}
+                             "skipped_too_short", "skipped_not_french", "books_used", "tokens_read")}
     quota = {"train": settings.n_samples, "validation": settings.validation_samples}
     written = {"train": 0, "validation": 0}
     books_in = {"train": [], "validation": []}
@@ -132,7 +143,7 @@ def prepare(settings, step):
     from tqdm.auto import tqdm
     progress = tqdm(total=settings.n_samples, desc=f"{step} samples", unit="sample")
     with multiprocessing.get_context("fork").Pool(settings.num_proc, _init_worker, init) as pool:
-        for number, file_id, split, skipped, windows in pool.imap(_process_book, books, chunksize=4):
+        for number, file_id, split, skipped, tokenized in pool.imap(_process_book, books, chunksize=4):
             if written[split] >= quota[split]:
                 continue
             counts["files_read"] = number
@@ -140,10 +151,10 @@ def prepare(settings, step):
             if skipped:
                 counts[f"skipped_{skipped}"] += 1
                 continue
+            n_tokens, windows = tokenized
+            counts["tokens_read"] += n_tokens
             take = windows[: quota[split] - written[split]]
-            if len(take) == 0:
-                continue
-            writers[split].write_batch({"input_ids": [w.tolist() for w in take]})
+            writers[split].write_table(arrow_samples(take))
             written[split] += len(take)
             books_in[split].append(file_id)
             counts["books_used"] += 1

@@ -1,0 +1,111 @@
+"""Benchmark of the Gallica prepare step (1a): throughput against the bare tokenizer, and memory.
+
+    python bench/prepare_bench.py              # ~2 minutes on 2 cores
+    python bench/prepare_bench.py --tiny       # seconds: checks that the benchmark runs
+
+Prints, in one run on the same text and the same cores:
+  - the bare fast tokenizer's throughput (tokens/s) on the raw texts of the books 1a keeps,
+    encoded in a pool of --num-proc processes;
+  - the prepare step's throughput (tokens/s: parquet streaming, filtering, cleaning, tokenizing,
+    cutting and writing Arrow shards), and the ratio of the two (target >= 0.8);
+  - the prepare step's peak RSS (the process and its workers together) on a corpus and on one 10x
+    larger (target <= 4 GiB and flat).
+The tokenizer is the fixtures' (a trained BPE, like TinyLlama's SentencePiece-BPE in kind).
+"""
+import argparse
+import importlib
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import common  # noqa: E402
+import demo  # noqa: E402
+import fixtures  # noqa: E402
+import gallica  # noqa: E402
+
+_tokenizer = None
+
+
+def _encode(texts):
+    return sum(len(ids) for ids in _tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
+def bare_tokens_per_second(project, settings):
+    """Raw texts of the books step 1a would tokenize, encoded with no other work, on num_proc processes."""
+    global _tokenizer
+    from transformers import AutoTokenizer
+    _tokenizer = AutoTokenizer.from_pretrained(project / common.BASE_MODEL)
+    texts = [text for *_, text, skipped in gallica.iter_books(gallica.parquet_files(project / common.GALLICA_DIR), "1a", settings)
+             if not skipped]
+    chunks = [texts[i:i + 4] for i in range(0, len(texts), 4)]
+    began = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(settings.num_proc) as pool:
+        tokens = sum(pool.imap(_encode, chunks))
+    return tokens / (time.perf_counter() - began)
+
+
+def run_prepare(project, flags):
+    """Wall time of the prepare step's work (from its own progress) and peak RSS of its process tree."""
+    cmd = [sys.executable, str(ROOT / "1a_prepare_gallica_fullweight.py"), "--project-dir", str(project), *flags]
+    began = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=demo.script_env(project), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    parent = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            tree = [parent] + parent.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in tree))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"prepare failed:\n{err[-2000:]}")
+    return time.perf_counter() - began, peak
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="a few seconds, to check the benchmark runs")
+    parser.add_argument("--num-proc", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    files, books, pages = (2, 24, 4) if args.tiny else (4, 48, 40)
+    work = Path(tempfile.mkdtemp(prefix="prepare_bench_"))
+    results = {}
+    for scale in (1, 10):
+        project = work / f"x{scale}"
+        model_dir = project / common.BASE_MODEL
+        fixtures.build_model(model_dir, vocab_size=len(fixtures.build_tokenizer(model_dir)))
+        fixtures.build_gallica(project / common.GALLICA_DIR, n_files=files * scale, books_per_file=books, pages=pages)
+        flags = ["--n-samples", "100000000", "--allow-fewer", "--seq-len", "64", "--max-samples-per-book", "100000",
+                 "--validation-samples", "100000000", "--validation-percent", "10", "--min-chars", "500",
+                 "--num-proc", str(args.num_proc)]
+        # Import time of torch/transformers is not the step's work: time an empty run and subtract it.
+        settings = importlib.import_module("1a_prepare_gallica_fullweight").Settings(
+            min_chars=500, validation_percent=10, num_proc=args.num_proc)
+        wall, peak = run_prepare(project, flags)
+        startup, _ = run_prepare(project, flags)  # "already prepared": start-up and checks only
+        counts = common.read_manifest(project / common.DATA["1a"])["counts"]
+        results[scale] = (counts["tokens_read"] / (wall - startup), peak, counts["books_read"])
+        if scale == 1:
+            bare = bare_tokens_per_second(project, settings)
+    prepare_tps, peak_1, books_1 = results[1]
+    _, peak_10, books_10 = results[10]
+    print(f"cores used                  : {args.num_proc}")
+    print(f"bare tokenizer              : {bare:,.0f} tokens/s")
+    print(f"prepare step (1a)           : {prepare_tps:,.0f} tokens/s")
+    print(f"ratio prepare / bare        : {prepare_tps / bare:.2f}   (target >= 0.8)")
+    print(f"peak RSS, {books_1:>5} books      : {peak_1 / 2**30:.2f} GiB")
+    print(f"peak RSS, {books_10:>5} books (10x): {peak_10 / 2**30:.2f} GiB   (target <= 4 GiB, flat)")
+
+
+if __name__ == "__main__":
+    main()
