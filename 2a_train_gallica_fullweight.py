@@ -67,7 +67,7 @@ def main():
     base = project / common.BASE_MODEL
     tokenizer = common.load_tokenizer(base)
     dtype = common.compute_dtype() if settings.optimizer == "adamw8bit_sr" else torch.float32
-    model = common.load_model(base, dtype=dtype)
+    model = common.load_model(base, dtype=dtype, attn_implementation=settings.attn_implementation)
     model.config.use_cache = False  # no KV cache while training (checkpointing recomputes)
 
     # 2. Data: 1a's samples, checked against this tokenizer and context.

@@ -54,7 +54,7 @@ def qlora_model(settings, project, base_dir):
     """The 4-bit base with a trainable LoRA: new, or continued from a previous step's adapter."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-    model = common.load_model_4bit(base_dir)
+    model = common.load_model_4bit(base_dir, attn_implementation=settings.attn_implementation)
     model.config.use_cache = False
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -127,6 +127,10 @@ def compute_dtype():
 def check_device():
     """Warn once when there is no GPU. On CPU, torch.compile (used by torchao's optimizer step)
     is turned off: compiling costs ~20 s per tensor shape there, and eager mode computes the same."""
+    if use_cuda() and os.environ.get("KAFKA_MEMORY_CAP_GIB"):  # bench/train_bench.py: act like a smaller card
+        import torch
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, float(os.environ["KAFKA_MEMORY_CAP_GIB"]) * 2**30 / total))
     if not use_cuda():
         os.environ["TORCHDYNAMO_DISABLE"] = "1"
         print("warning: no CUDA GPU found: running on CPU (slow; fine for the tiny demo and the tests)", file=sys.stderr)
@@ -157,13 +161,14 @@ def device_map():
     return {"": int(os.environ.get("LOCAL_RANK", 0))} if use_cuda() else {"": "cpu"}
 
 
-def load_model(model_dir, dtype=None):
+def load_model(model_dir, dtype=None, attn_implementation="sdpa"):
     from transformers import AutoModelForCausalLM
     require(Path(model_dir) / "config.json", "model", "download it with notebook.ipynb (section 1)")
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or compute_dtype(), device_map=device_map())
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or compute_dtype(), device_map=device_map(),
+                                                attn_implementation=attn_implementation)
 
 
-def load_model_4bit(model_dir):
+def load_model_4bit(model_dir, attn_implementation="sdpa"):
     """QLoRA's base: NF4 weights with double quantization, computing in bf16 on GPU."""
     import bitsandbytes as bnb
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -176,7 +181,8 @@ def load_model_4bit(model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, quantization_config=quantization, dtype=compute_dtype(), device_map=device_map())
+            model_dir, quantization_config=quantization, dtype=compute_dtype(), device_map=device_map(),
+            attn_implementation=attn_implementation)
     if not use_cuda():
         # bitsandbytes 0.50 on CPUs with avx512_bf16 repacks the 4-bit weights during an eval-mode
         # forward, after which the gradients of a training step are silently wrong.

@@ -33,6 +33,9 @@ class TrainSettings:
     weight_decay: float = common.setting(0.0, "decoupled weight decay")
     max_grad_norm: float = common.setting(1.0, "gradient clipping")
     gradient_checkpointing: bool = common.setting(True, "recompute activations in backward: less memory, ~30% more compute")
+    attn_implementation: str = common.setting("sdpa", "attention kernel: sdpa (PyTorch's fused, flash on GPU) | eager | flash_attention_2 (if installed)")
+    torch_compile: bool = common.setting(False, "torch.compile the model (GPU; measure with bench/train_bench.py)")
+    liger_kernel: bool = common.setting(False, "Liger's fused kernels: linear+cross-entropy, RMSNorm, RoPE, SwiGLU (pip install liger-kernel)")
     eval_steps: int = common.setting(250, "validate every N steps (and before and after training)")
     max_eval_samples: int = common.setting(512, "validation samples per evaluation, per validation set")
     save_steps: int = common.setting(250, "checkpoint every N steps")
@@ -231,6 +234,7 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
         save_strategy="steps", save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
         report_to=["tensorboard"], seed=settings.seed, data_seed=settings.seed, eval_on_start=not start_file.exists(),
         ddp_find_unused_parameters=False, dataloader_num_workers=0,
+        torch_compile=settings.torch_compile and cuda, use_liger_kernel=settings.liger_kernel,
     )
     if resume and not is_complete_checkpoint(resume):
         raise common.StageError(f"{resume} is not a complete checkpoint: pass --resume auto to take the latest complete one")

@@ -1,0 +1,185 @@
+"""Training benchmark: each stage's real code path at TinyLlama_v1.1's real shape, on synthetic data.
+
+    python bench/train_bench.py --memory-cap-gib 12            # on a GPU: ~10 minutes, every variant
+    python bench/train_bench.py --tiny                         # CPU, seconds: checks the script runs
+
+Builds the real TinyLlama_v1.1 shape from config (hidden 2048, 22 layers, 32 heads / 4 KV heads,
+intermediate 5632, vocab 32000, 2048 positions; random bf16 weights: no download) in a scratch
+project with synthetic prepared data, then runs the train scripts themselves (2a at 512 tokens,
+2b and 2c at 2048 with the 4-bit base and LoRA) for --steps steps per variant, and a plain HF
+Trainer (+ peft for 2b/2c) with default settings at the same shapes as the baseline. Prints per
+run: peak memory (torch.cuda.max_memory_reserved), tokens/s after warm-up, MFU, ratio to the
+baseline. --memory-cap-gib caps the process (torch.cuda.set_per_process_memory_fraction) so a
+big card behaves like a 12 GB one.
+
+MFU = tokens/s x FLOPs per token / peak FLOP/s. FLOPs per token (forward + backward, PaLM's
+count): full weights 6N + 12·L·d·T; LoRA on a frozen base 4N + 12·L·d·T (no weight gradients for
+the base; LoRA's own FLOPs are <3% and left out). N = non-embedding parameters + the LM head
+(the embedding lookup costs no FLOPs), L layers, d hidden size, T sequence length. The recompute
+of gradient checkpointing is not counted (MFU, not HFU).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import common  # noqa: E402
+import demo  # noqa: E402
+import fixtures  # noqa: E402
+import monitor  # noqa: E402
+
+REAL = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+            num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=512, max_position_embeddings=2048)
+# Dense bf16 tensor-core peaks (FLOP/s) used for MFU, from the vendors' data sheets.
+PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "RTX 3090": 71e12, "RTX 4090": 165e12, "cpu": None}
+SEQ = {"2a": 512, "2b": 2048, "2c": 2048}
+SCRIPT = {"2a": "2a_train_gallica_fullweight.py", "2b": "2b_train_gallica_QLoRA.py", "2c": "2c_train_kafka_QLoRA.py"}
+# (stage, label, flags): every lever measured against the stage's defaults. Batch sizes are per GPU.
+VARIANTS = [
+    ("2a", "default (bs 8, checkpointing)", []),
+    ("2a", "bs 16", ["--batch-size", "16"]),
+    ("2a", "no checkpointing, bs 4", ["--gradient-checkpointing", "false", "--batch-size", "4"]),
+    ("2a", "torch.compile", ["--torch-compile"]),
+    ("2a", "liger kernels", ["--liger-kernel"]),
+    ("2b", "default (bs 2, checkpointing)", []),
+    ("2b", "bs 4", ["--batch-size", "4"]),
+    ("2b", "no checkpointing, bs 1", ["--gradient-checkpointing", "false", "--batch-size", "1"]),
+    ("2b", "liger kernels", ["--liger-kernel"]),
+    ("2c", "default (bs 2, checkpointing)", []),
+]
+
+
+def flops_per_token(shape, seq_len, lora):
+    d, L, f, v = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"], shape["vocab_size"]
+    kv = d // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    n = L * (2 * d * d + 2 * d * kv + 3 * d * f) + d * v  # attention + MLP matrices, and the LM head
+    return (4 if lora else 6) * n + 12 * L * d * seq_len
+
+
+def build_project(project, shape, n_train):
+    """A scratch project: model (random weights at `shape`), 2a output, prepared data for 1a/1b/1c."""
+    import numpy as np
+    import torch
+    from datasets import Dataset, DatasetDict
+    from transformers import LlamaConfig, LlamaForCausalLM
+    base = project / common.BASE_MODEL
+    tokenizer = fixtures.build_tokenizer(base)
+    model = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2))
+    model.to(torch.bfloat16).save_pretrained(base)
+    two_a = project / common.MODELS["2a"]  # 2b and 2c start from 2a's output
+    model.to(torch.bfloat16).save_pretrained(two_a)
+    tokenizer.save_pretrained(two_a)
+    (two_a / "metrics.json").write_text("{}")
+    rng = np.random.default_rng(0)
+    for stage, seq in (("1a", 512), ("1b", 2048), ("1c", 2048)):
+        ids = lambda n: rng.integers(3, len(tokenizer), size=(n, seq), dtype=np.int32).tolist()
+        out = project / common.DATA[stage]
+        DatasetDict({"train": Dataset.from_dict({"input_ids": ids(n_train)}),
+                     "validation": Dataset.from_dict({"input_ids": ids(4)})}).save_to_disk(str(out))
+        (out / "manifest.json").write_text(json.dumps({"settings": {"seq_len": seq},
+                                                       "tokenizer_fingerprint": common.tokenizer_fingerprint(tokenizer)}))
+
+
+def run_stage(project, stage, flags, steps, cap):
+    """One run of a train script; returns (tokens/s after warm-up, peak GiB) or the error's last line."""
+    common_flags = ["--max-steps", str(steps), "--grad-accum", "1", "--logging-steps", "1", "--eval-steps", "100000",
+                    "--save-steps", "100000", "--sample-steps", "0", "--max-eval-samples", "2", "--resume", "never",
+                    "--warmup-steps", "0"]
+    env = dict(demo.script_env(project), **({"KAFKA_MEMORY_CAP_GIB": str(cap)} if cap else {}))
+    extra = ["--merge", "false"] if stage == "2c" else []
+    out = subprocess.run([sys.executable, str(ROOT / SCRIPT[stage]), "--project-dir", str(project), *common_flags,
+                          *extra, *flags], env=env, cwd=ROOT, text=True, capture_output=True)
+    if out.returncode != 0:
+        return None, None, (out.stderr.strip().splitlines() or ["failed"])[-1][:100]
+    scalars = monitor.read_scalars(project / "runs" / monitor.STAGE_NAMES[stage])
+    speeds = [v for step, v in scalars.get("train/tokens_per_second", []) if step > max(2, steps // 4)]  # after warm-up
+    metrics = json.loads((project / common.MODELS[stage] / "metrics.json").read_text())
+    return statistics.median(speeds) if speeds else None, metrics["peak_memory_gib"], ""
+
+
+def run_baseline(project, stage, batch_size, steps):
+    """The plain recipe a user would write: Trainer (+ peft LoRA on a default 4-bit base), defaults."""
+    code = f"""
+import sys, time, json, torch
+sys.path.insert(0, {str(ROOT)!r})
+from datasets import load_from_disk
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainingArguments, TrainerCallback
+import common, training
+project = __import__("pathlib").Path({str(project)!r})
+stage, steps, bs = {stage!r}, {steps}, {batch_size}
+data = load_from_disk(str(project / common.DATA[{ {"2a": "1a", "2b": "1b", "2c": "1c"}[stage]!r}]))["train"]
+path = project / common.MODELS["2a"]
+if stage == "2a":
+    model = AutoModelForCausalLM.from_pretrained(path)
+else:
+    from peft import LoraConfig, get_peft_model
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=BitsAndBytesConfig(load_in_4bit=True))
+    model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, target_modules="all-linear", task_type="CAUSAL_LM"))
+times = []
+class Clock(TrainerCallback):
+    def on_step_end(self, *a, **k): times.append(time.perf_counter())
+args = TrainingArguments(output_dir=str(project / "baseline"), per_device_train_batch_size=bs, max_steps=steps,
+                         bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(), report_to=[],
+                         save_strategy="no", logging_steps=1)
+Trainer(model=model, args=args, train_dataset=data, data_collator=training.collate, callbacks=[Clock()]).train()
+warm = times[max(2, steps // 4):]
+tps = (len(warm) - 1) * bs * len(data[0]["input_ids"]) / (warm[-1] - warm[0]) if len(warm) > 1 else None
+peak = torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
+print("RESULT", json.dumps([tps, peak]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=demo.script_env(project), cwd=ROOT, text=True, capture_output=True)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    if not lines:
+        return None, None, (out.stderr.strip().splitlines() or ["failed"])[-1][:100]
+    tps, peak = json.loads(lines[0][7:])
+    return tps, peak, ""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny model on CPU: checks the script runs")
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (warm-up: the first quarter)")
+    parser.add_argument("--memory-cap-gib", type=float, default=None, help="cap GPU memory, e.g. 12")
+    parser.add_argument("--only", default="", help="comma-separated stages to run (default: all)")
+    args = parser.parse_args()
+    import torch
+    cuda = torch.cuda.is_available()
+    shape = TINY if args.tiny else REAL
+    device = torch.cuda.get_device_name(0) if cuda else "cpu"
+    peak_flops = next((v for k, v in PEAKS.items() if k in device), None)
+    project = Path(tempfile.mkdtemp(prefix="train_bench_"))
+    began = time.time()
+    build_project(project, shape, n_train=max(64, args.steps * 16))
+    print(f"device: {device}; peak {peak_flops / 1e12 if peak_flops else '?'} TFLOP/s bf16; cap {args.memory_cap_gib} GiB; "
+          f"{time.strftime('%Y-%m-%d')}; torch {torch.__version__}", flush=True)
+    stages = [s for s in ("2a", "2b", "2c") if not args.only or s in args.only.split(",")]
+    rows = []
+    for stage in stages:
+        base_bs = {"2a": 8, "2b": 2, "2c": 2}[stage]
+        base = run_baseline(project, stage, base_bs, args.steps)
+        rows.append((stage, f"baseline: plain Trainer{' + peft' if stage != '2a' else ''}, bs {base_bs}", *base))
+        for v_stage, label, flags in VARIANTS:
+            if v_stage == stage:
+                rows.append((stage, label, *run_stage(project, stage, flags, args.steps, args.memory_cap_gib)))
+                print(f"  {rows[-1]}", flush=True)
+    print(f"\n{'stage':5} {'configuration':34} {'peak GiB':>8} {'tokens/s':>9} {'MFU':>6} {'x base':>6}  note")
+    for stage, label, tps, peak, note in rows:
+        base_tps = next((r[2] for r in rows if r[0] == stage and r[1].startswith("baseline")), None)
+        mfu = tps * flops_per_token(shape, SEQ[stage], stage != "2a") / peak_flops if tps and peak_flops else None
+        cell = lambda x, spec, width: format(x, spec) if x is not None else "-".rjust(width)
+        print(f"{stage:5} {label:34} {cell(peak, '8.2f', 8)} {cell(tps, '9.0f', 9)} {cell(mfu and 100 * mfu, '5.1f', 5)}% "
+              f"{cell(tps and base_tps and tps / base_tps, '6.2f', 6)}  {note}")
+    print(f"\n{time.time() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
