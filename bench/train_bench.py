@@ -163,6 +163,8 @@ def main():
           f"{time.strftime('%Y-%m-%d')}; torch {torch.__version__}", flush=True)
     stages = [s for s in ("2a", "2b", "2c") if not args.only or s in args.only.split(",")]
     rows = []
+    if "2c" in stages and "2b" not in stages:  # 2c continues 2b's adapter: make one, unmeasured
+        run_stage(project, "2b", [], 2, args.memory_cap_gib)
     for stage in stages:
         base_bs = {"2a": 8, "2b": 2, "2c": 2}[stage]
         base = run_baseline(project, stage, base_bs, args.steps)
