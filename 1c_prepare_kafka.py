@@ -80,7 +80,7 @@ def main():
     text = "\n\n".join(novel_paragraphs(pages)) + "\n"
 
     # 2. Tokens: the whole book once, framed like a pretraining document (BOS ... EOS).
-    ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
     train_starts, validation_starts = novel_windows(len(ids), settings.seq_len, settings.stride, settings.validation_fraction)
     if not train_starts:
         raise common.StageError(f"the book has {len(ids)} tokens, too few for one {settings.seq_len}-token "

@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -12,6 +13,10 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we fork worker pools ourselves
+# torchao announces, at import, CUDA kernels it cannot load on other GPUs or a CPU, and torch warns
+# about its enum registrations: harmless lines that would bury each step's own output.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 # The layout under the project folder (mounted at /project in the container).
 BASE_MODEL = "models/TinyLlama_v1.1"

@@ -74,7 +74,7 @@ def _process_book(book):
     if letters < MIN_LETTER_SHARE or function_words < MIN_FUNCTION_WORD_SHARE:
         return number, file_id, split, "not_french", None
     # A Llama base model saw each document as BOS ... EOS; samples stay inside one book.
-    ids = [tok.bos_token_id] + tok(clean_ocr_text(text), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = [tok.bos_token_id] + tok(clean_ocr_text(text), add_special_tokens=False, verbose=False)["input_ids"] + [tok.eos_token_id]
     windows = book_windows(ids, seq_len, _worker["max_windows"])
     return number, file_id, split, None if len(windows) else "too_short", (len(ids), windows)
 

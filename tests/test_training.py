@@ -177,3 +177,23 @@ def test_incomplete_previous_stage_is_refused(pipeline, tmp_path):
     out = run_script(project, "2c_train_kafka_QLoRA.py", *tiny_flags("2c_train_kafka_QLoRA.py"), check=False)
     errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
     assert out.returncode == 2 and len(errors) == 1 and "2b_train_gallica_QLoRA.py" in errors[0]
+
+
+def test_cuda_out_of_memory_names_the_settings_to_lower(pipeline, tmp_path, monkeypatch):
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    project = pipeline[0]
+    two_a = importlib.import_module("2a_train_gallica_fullweight")
+    data = load_from_disk(str(project / common.DATA["1a"]))
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.2 GiB")
+
+    monkeypatch.setattr(training.CurriculumTrainer, "train", out_of_memory)
+    settings = two_a.Settings(project_dir=str(tmp_path), max_steps=2, batch_size=8, sample_steps=0)
+    model = AutoModelForCausalLM.from_pretrained(project / common.BASE_MODEL)
+    with pytest.raises(common.StageError) as error:
+        training.fit(settings, "2a", model, AutoTokenizer.from_pretrained(project / common.BASE_MODEL),
+                     data["train"], {"1a": data["validation"]})
+    assert "out of memory at --batch-size 8" in error.value.message and "--grad-accum" in error.value.message
+    assert "--seq-len" in error.value.message
