@@ -13,6 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 import common
 
 MODEL_REPO = "TinyLlama/TinyLlama_v1.1"
@@ -105,10 +107,15 @@ def download_novel(project, url=NOVEL_URL):
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response, \
-                part.open("ab" if have and response.status == 206 else "wb") as f:  # 200: no resume, start over
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            resumed = have and response.status == 206  # 200: the server ignores Range, start over
+            size = response.headers.get("Content-Length")
+            with part.open("ab" if resumed else "wb") as f, tqdm(
+                    total=int(size) + (have if resumed else 0) if size else None, initial=have if resumed else 0,
+                    unit="B", unit_scale=True, desc=dest.name) as progress:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    progress.update(len(chunk))
     except OSError as error:
         return (f"could not download the novel ({error}): put the French translation of Le Château as a PDF "
                 f"with a text layer at {dest}")
