@@ -41,6 +41,7 @@ def is_page_number(line):
 
 
 _NOT_HEADER_WORDS = re.compile(r"[\d\[\]()\-–—.\s]+")
+_NOT_HEADER_WORDS_IN_LINE = re.compile(r"[\d\[\]()\-–—.\t\f\v \u00a0]+")  # the same, newlines kept
 
 
 def header_key(line):
@@ -117,8 +118,8 @@ def french_score(text, sample_chars=20000):
     on the first `sample_chars` characters. French prose scores ~0.95 and ~0.35; English ~0.03 on
     the second; tables, indexes and garbled OCR fall on the first."""
     sample = text[:sample_chars]
-    visible = [c for c in sample if not c.isspace()]
-    letters = sum(c.isalpha() for c in visible) / max(1, len(visible))
+    visible = len(sample) - sum(map(str.isspace, sample))
+    letters = sum(map(str.isalpha, sample)) / max(1, visible)
     words = re.findall(r"[a-zàâçéèêëîïôûùüÿœæ]+", sample.lower())
     function = sum(w in FRENCH_FUNCTION_WORDS for w in words) / max(1, len(words))
     return letters, function
@@ -142,8 +143,11 @@ def clean_ocr_text(text, min_header_repeats=3):
     hyphenation; turns the long s into s. Lines of one paragraph are joined; blank lines separate
     paragraphs.
     """
-    lines = normalize_chars(text).splitlines()
-    keys = [header_key(l) if 0 < len(l) <= 80 else "" for l in lines]
+    text = normalize_chars(text)
+    lines = text.splitlines()
+    # header_key for every line at once: one regex pass over the book, not one call per line.
+    keys = [k.strip() for k in _NOT_HEADER_WORDS_IN_LINE.sub(" ", text).lower().splitlines()]
+    keys = [k if 0 < len(l) <= 80 else "" for k, l in zip(keys, lines)]
     repeated = {k for k, n in Counter(keys).items() if n >= min_header_repeats and k}
     # Only lines that repeat are candidates; the (slower) title test runs on those alone.
     title_like = {l: looks_like_running_head(l) for l in {l for k, l in zip(keys, lines) if k in repeated}}
@@ -158,7 +162,7 @@ def clean_ocr_text(text, min_header_repeats=3):
                 paragraphs.append(join_lines(current, vocabulary))
                 current = []
             continue
-        if is_page_number(stripped) or (has_source_lines and GALLICA_SOURCE.search(stripped)):
+        if (len(stripped) <= 12 and is_page_number(stripped)) or (has_source_lines and GALLICA_SOURCE.search(stripped)):
             continue
         if key in heads and title_like[line]:
             continue

@@ -94,15 +94,14 @@ def main():
         wall, peak = run_prepare(project, flags)
         startup, _ = run_prepare(project, flags)  # "already prepared": start-up and checks only
         counts = common.read_manifest(project / common.DATA["1a"])["counts"]
-        results[scale] = (counts["tokens_read"] / (wall - startup), peak, counts["books_read"])
-        if scale == 1:
-            bare = bare_tokens_per_second(project, settings)
-    prepare_tps, peak_1, books_1 = results[1]
-    _, peak_10, books_10 = results[10]
+        results[scale] = (counts["tokens_read"] / (wall - startup), peak, counts["books_read"],
+                          bare_tokens_per_second(project, settings))
     print(f"cores used                  : {args.num_proc}")
-    print(f"bare tokenizer              : {bare:,.0f} tokens/s")
-    print(f"prepare step (1a)           : {prepare_tps:,.0f} tokens/s")
-    print(f"ratio prepare / bare        : {prepare_tps / bare:.2f}   (target >= 0.8)")
+    for scale, (prepare_tps, _, books, bare) in results.items():
+        print(f"{books:>5} books: bare tokenizer {bare:,.0f} tokens/s, prepare step (1a) {prepare_tps:,.0f} tokens/s, "
+              f"ratio prepare / bare {prepare_tps / bare:.2f}   (target >= 0.8)")
+    _, peak_1, books_1, _ = results[1]
+    _, peak_10, books_10, _ = results[10]
     print(f"peak RSS, {books_1:>5} books      : {peak_1 / 2**30:.2f} GiB")
     print(f"peak RSS, {books_10:>5} books (10x): {peak_10 / 2**30:.2f} GiB   (target <= 4 GiB, flat)")
 
