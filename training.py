@@ -217,11 +217,15 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
     # DDP: a trainer.evaluate() first would mark it prepared and DDP would never wrap it. A resumed
     # run keeps the first run's numbers.
     start_file = output_dir / "eval_start.json"
-    if not resume and common.is_main_process():  # a fresh start: the logs of earlier runs would mix in
-        import shutil
-        shutil.rmtree(log_dir, ignore_errors=True)
-        for stale in [start_file, output_dir / "samples.jsonl", *output_dir.glob("batches-rank*.txt")]:
-            stale.unlink(missing_ok=True)
+    evaluate_first = not (resume and start_file.exists())  # decided alike on every rank
+    if common.is_main_process():
+        # Until this run writes metrics.json again, the stage is not finished: the next step refuses it.
+        (output_dir / "metrics.json").unlink(missing_ok=True)
+        if not resume:  # a fresh start: the logs of earlier runs would mix in
+            import shutil
+            shutil.rmtree(log_dir, ignore_errors=True)
+            for stale in [start_file, output_dir / "samples.jsonl", *output_dir.glob("batches-rank*.txt")]:
+                stale.unlink(missing_ok=True)
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=settings.max_steps, num_train_epochs=1,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,
@@ -232,7 +236,7 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
         gradient_checkpointing=settings.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy="steps", eval_steps=settings.eval_steps, logging_steps=settings.logging_steps,
         save_strategy="steps", save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
-        report_to=["tensorboard"], seed=settings.seed, data_seed=settings.seed, eval_on_start=not start_file.exists(),
+        report_to=["tensorboard"], seed=settings.seed, data_seed=settings.seed, eval_on_start=evaluate_first,
         ddp_find_unused_parameters=False, dataloader_num_workers=0,
         torch_compile=settings.torch_compile and cuda, use_liger_kernel=settings.liger_kernel,
     )
@@ -264,7 +268,7 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
     common.say(f"{stage}: validation before training: " + ", ".join(f"{k}={v:.4f}" for k, v in start.items()))
     if stopper.received:
         common.say(f"{stage}: stopped by {stopper.received} at step {trainer.state.global_step}; checkpoint saved in "
-              f"{latest_checkpoint(output_dir)}. Rerun the same command to resume.")
+                   f"{latest_checkpoint(output_dir)}. Rerun the same command to resume.")
         raise SystemExit(130 if stopper.received == "SIGINT" else 143)
 
     end = trainer.evaluate()
@@ -287,5 +291,5 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
         trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
         (output_dir / f"weights-rank{rank}.txt").write_text(common.tensor_digest(trained) + "\n")
     common.say(f"{stage}: validation loss {start[primary]:.4f} -> {end[primary]:.4f} "
-          f"(perplexity {metrics['perplexity_start']:.1f} -> {metrics['perplexity_end']:.1f}) in {metrics['steps']} steps")
+               f"(perplexity {metrics['perplexity_start']:.1f} -> {metrics['perplexity_end']:.1f}) in {metrics['steps']} steps")
     return metrics
