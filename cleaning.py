@@ -11,6 +11,7 @@ from collections import Counter
 PAGE_NUMBER = re.compile(r"^\s*(?:p\.\s*)?[\[(\-–—]?\s*\d{1,4}\s*[\])\-–—]?\s*$", re.IGNORECASE)
 # Gallica prints its source on every page: "Source gallica.bnf.fr / Bibliothèque nationale de France".
 GALLICA_SOURCE = re.compile(r"gallica\.bnf\.fr|biblioth[eè]que nationale de france|^\s*source\s*:?\s*bnf\s*$", re.IGNORECASE)
+_SOURCE_LINE = re.compile(r"^.*(?:" + GALLICA_SOURCE.pattern + r").*$", re.IGNORECASE | re.MULTILINE)
 DIALOGUE_DASH = ("—", "–", "-")
 # Right-hand parts of French compounds that a line break may split but must keep their hyphen:
 # "peut-|être", "dit-|il", "c'est-à-|dire", "là-|bas", "celui-|ci", "vous-|même".
@@ -76,9 +77,12 @@ def join_hyphenated(left, right, vocabulary=frozenset()):
     return head + right
 
 
+_WORD_FORM = re.compile(r"[\w'’]+(?:-[\w'’]+)*")
+
+
 def words_of(text):
     """The book's own word forms, hyphenated compounds included, for `join_hyphenated`."""
-    return frozenset(w.lower() for w in re.findall(r"[\w'’]+(?:-[\w'’]+)*", text))
+    return frozenset(_WORD_FORM.findall(text.lower()))
 
 
 def join_lines(lines, vocabulary=frozenset()):
@@ -126,34 +130,36 @@ def french_score(text, sample_chars=20000):
 
 
 def looks_like_running_head(line):
-    """Heads are titles: capitals ("MÉMOIRES D'UN VOYAGEUR"), a page number beside them, or no
-    closing punctuation. A repeated line of dialogue ("— Oui.") is none of these."""
+    """Heads are titles: capitals ("MÉMOIRES D'UN VOYAGEUR"), a page number beside them, or a short
+    line without closing punctuation ("Histoire de France"). A repeated line of dialogue
+    ("— Oui.") is none of these, nor is a full-width line of prose (over 50 characters)."""
     line = line.strip()
     letters = [c for c in line if c.isalpha()]
     upper = sum(c.isupper() for c in letters) / max(1, len(letters))
-    return not ends_with_line_hyphen(line) and (upper >= 0.6 or any(c.isdigit() for c in line)
-                                                or not line.endswith((".", "!", "?", "»", "…", ":", ";", ",")))
+    return not ends_with_line_hyphen(line) and (
+        upper >= 0.6 or any(c.isdigit() for c in line)
+        or (len(line) <= 50 and not line.endswith((".", "!", "?", "»", "…", ":", ";", ","))))
 
 
 def clean_ocr_text(text, min_header_repeats=3):
     """Gallica `complete_text` -> paragraphs of prose separated by blank lines.
 
-    Drops page-number lines, Gallica/BnF source lines and running heads (a short title-like line
-    repeated at least `min_header_repeats` times in the book, digits aside); undoes line-end
-    hyphenation; turns the long s into s. Lines of one paragraph are joined; blank lines separate
-    paragraphs.
+    Drops page-number lines, Gallica/BnF source lines and running heads (a title-like line at the
+    edge of a page block, repeated there at least `min_header_repeats` times in the book, digits
+    aside); undoes line-end hyphenation; turns the long s into s. Lines of one paragraph are
+    joined; blank lines separate paragraphs.
     """
-    text = normalize_chars(text)
+    text = _SOURCE_LINE.sub("", normalize_chars(text))  # one pass over the book, not a search per line
     lines = text.splitlines()
+    blank = [not l.strip() for l in lines] + [True]  # [-1] (before the first line) and past the end: blank
     # header_key for every line at once: one regex pass over the book, not one call per line.
     keys = [k.strip() for k in _NOT_HEADER_WORDS_IN_LINE.sub(" ", text).lower().splitlines()]
-    keys = [k if 0 < len(l) <= 80 else "" for k, l in zip(keys, lines)]
+    keys = [k if 0 < len(l) <= 80 and (blank[i - 1] or blank[i + 1]) else "" for i, (k, l) in enumerate(zip(keys, lines))]
     repeated = {k for k, n in Counter(keys).items() if n >= min_header_repeats and k}
-    # Only lines that repeat are candidates; the (slower) title test runs on those alone.
+    # Only edge lines that repeat are candidates; the (slower) title test runs on those alone.
     title_like = {l: looks_like_running_head(l) for l in {l for k, l in zip(keys, lines) if k in repeated}}
     heads = {k for k, l in zip(keys, lines) if k in repeated and title_like[l]}
     vocabulary = words_of(text)
-    has_source_lines = GALLICA_SOURCE.search(text) is not None  # one search of the book, not one per line
     paragraphs, current = [], []
     for line, key in zip(lines, keys):
         stripped = line.strip()
@@ -162,9 +168,9 @@ def clean_ocr_text(text, min_header_repeats=3):
                 paragraphs.append(join_lines(current, vocabulary))
                 current = []
             continue
-        if (len(stripped) <= 12 and is_page_number(stripped)) or (has_source_lines and GALLICA_SOURCE.search(stripped)):
+        if len(stripped) <= 12 and is_page_number(stripped):
             continue
-        if key in heads and title_like[line]:
+        if key in heads and title_like[line]:  # only edge lines have a key
             continue
         current.append(stripped)
     if current:

@@ -60,6 +60,13 @@ def test_ocr_text_loses_heads_numbers_and_source_lines():
     assert text.count("La diligence s'arrêta devant l'église, et le curé descendit.") == 4
 
 
+def test_repeated_prose_lines_are_not_running_heads():
+    line = "s'arrêta devant l'église, et le curé descendit avec une"  # a full-width line, no end punctuation
+    pages = [f"HISTOIRE\n\nLa diligence\n{line}\nlenteur solennelle.\n\n{n}" for n in range(1, 6)]
+    text = clean_ocr_text("\n\n".join(pages))
+    assert text.count(line) == 5 and "HISTOIRE" not in text
+
+
 def test_repeated_dialogue_is_not_a_running_head():
     text = "\n\n".join(f"Il se tut.\n— Oui.\nPage suivante numéro {w}." for w in "abcd")
     assert clean_ocr_text(text).count("— Oui.") == 4
