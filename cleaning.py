@@ -11,7 +11,6 @@ from collections import Counter
 PAGE_NUMBER = re.compile(r"^\s*(?:p\.\s*)?[\[(\-–—]?\s*\d{1,4}\s*[\])\-–—]?\s*$", re.IGNORECASE)
 # Gallica prints its source on every page: "Source gallica.bnf.fr / Bibliothèque nationale de France".
 GALLICA_SOURCE = re.compile(r"gallica\.bnf\.fr|biblioth[eè]que nationale de france|^\s*source\s*:?\s*bnf\s*$", re.IGNORECASE)
-_SOURCE_LINE = re.compile(r"^.*(?:" + GALLICA_SOURCE.pattern + r").*$", re.IGNORECASE | re.MULTILINE)
 DIALOGUE_DASH = ("—", "–", "-")
 # Right-hand parts of French compounds that a line break may split but must keep their hyphen:
 # "peut-|être", "dit-|il", "c'est-à-|dire", "là-|bas", "celui-|ci", "vous-|même".
@@ -68,13 +67,17 @@ def join_hyphenated(left, right, vocabulary=frozenset()):
     if soft or not tail:
         return head + right
     prefix = re.search(r"[\w'’-]+$", head)
-    head_word = prefix.group(0) if prefix else ""
+    return head + ("-" if keeps_hyphen(prefix.group(0) if prefix else "", tail, vocabulary) else "") + right
+
+
+def keeps_hyphen(head_word, tail, vocabulary):
+    """Whether "head_word-" at a line end + "tail" is a compound (keep the hyphen) or a word the
+    typesetter cut (drop it). A form written whole elsewhere in the book wins; then the hyphenated
+    form, a known compound tail, or a head already hyphenated ("c'est-à-" + "dire")."""
     joined, hyphenated = (head_word + tail).lower(), (head_word + "-" + tail).lower()
     if joined in vocabulary:
-        return head + right
-    if hyphenated in vocabulary or tail.lower() in COMPOUND_TAILS or "-" in head_word:
-        return head + "-" + right
-    return head + right
+        return False
+    return hyphenated in vocabulary or tail.lower() in COMPOUND_TAILS or "-" in head_word
 
 
 _WORD_FORM = re.compile(r"[\w'’]+(?:-[\w'’]+)*")
@@ -117,16 +120,31 @@ FRENCH_FUNCTION_WORDS = frozenset(
 )
 
 
-def french_score(text, sample_chars=20000):
+def french_score(text, sample_chars=10000):
     """(share of letters among non-space characters, share of French function words among words),
-    on the first `sample_chars` characters. French prose scores ~0.95 and ~0.35; English ~0.03 on
-    the second; tables, indexes and garbled OCR fall on the first."""
-    sample = text[:sample_chars]
+    on `sample_chars` characters from the middle of the book (its start is often a title page or
+    a table). French prose scores ~0.95 and ~0.35; English ~0.03 on the second; tables, indexes
+    and garbled OCR fall on the first."""
+    middle = max(0, len(text) // 2 - sample_chars // 2)
+    sample = text[middle:middle + sample_chars]
     visible = len(sample) - sum(map(str.isspace, sample))
     letters = sum(map(str.isalpha, sample)) / max(1, visible)
     words = re.findall(r"[a-zàâçéèêëîïôûùüÿœæ]+", sample.lower())
     function = sum(w in FRENCH_FUNCTION_WORDS for w in words) / max(1, len(words))
     return letters, function
+
+
+def drop_source_lines(text):
+    """Empty every line that names Gallica/BnF as its source (found once in the whole book)."""
+    pieces, kept_from = [], 0
+    for match in GALLICA_SOURCE.finditer(text):
+        line_start = text.rfind("\n", 0, match.start()) + 1
+        if line_start < kept_from:
+            continue  # a second mention on a line already dropped
+        line_end = text.find("\n", match.end())
+        pieces.append(text[kept_from:line_start])
+        kept_from = len(text) if line_end < 0 else line_end
+    return "".join(pieces) + text[kept_from:]
 
 
 def looks_like_running_head(line):
@@ -141,40 +159,50 @@ def looks_like_running_head(line):
         or (len(line) <= 50 and not line.endswith((".", "!", "?", "»", "…", ":", ";", ","))))
 
 
+# Patterns start with the hyphen itself, so the regex engine skips ahead to candidates instead of
+# trying every position (a leading lookbehind made these passes cost as much as the tokenizer).
+_HYPHEN_OVER_BLANK = re.compile(r"([-\u00ad])\n(?:[ \t]*\n)+(?=[ \t]*[^\W\d_])")
+_LINE_END_HYPHEN = re.compile(r"([-\u00ad])\n[ \t]*([\w'’]+)")
+_WORD_BEFORE = re.compile(r"[\w'’-]*$")
+_BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
+
+
 def clean_ocr_text(text, min_header_repeats=3):
     """Gallica `complete_text` -> paragraphs of prose separated by blank lines.
 
     Drops page-number lines, Gallica/BnF source lines and running heads (a title-like line at the
     edge of a page block, repeated there at least `min_header_repeats` times in the book, digits
-    aside); undoes line-end hyphenation; turns the long s into s. Lines of one paragraph are
-    joined; blank lines separate paragraphs.
+    aside); undoes line-end hyphenation, also over a page break; turns the long s into s. Lines of
+    one paragraph are joined; blank lines separate paragraphs. Whole-book regex passes do the work
+    (a Python loop over lines would cost more than tokenizing the book).
     """
-    text = _SOURCE_LINE.sub("", normalize_chars(text))  # one pass over the book, not a search per line
+    text = drop_source_lines(normalize_chars(text))
     lines = text.splitlines()
     blank = [not l.strip() for l in lines] + [True]  # [-1] (before the first line) and past the end: blank
     # header_key for every line at once: one regex pass over the book, not one call per line.
     keys = [k.strip() for k in _NOT_HEADER_WORDS_IN_LINE.sub(" ", text).lower().splitlines()]
     keys = [k if 0 < len(l) <= 80 and (blank[i - 1] or blank[i + 1]) else "" for i, (k, l) in enumerate(zip(keys, lines))]
     repeated = {k for k, n in Counter(keys).items() if n >= min_header_repeats and k}
-    # Only edge lines that repeat are candidates; the (slower) title test runs on those alone.
-    title_like = {l: looks_like_running_head(l) for l in {l for k, l in zip(keys, lines) if k in repeated}}
-    heads = {k for k, l in zip(keys, lines) if k in repeated and title_like[l]}
+    heads = {l for l in {l for k, l in zip(keys, lines) if k in repeated} if looks_like_running_head(l)}
+    body = "\n".join(s for l in lines if l not in heads
+                     for s in [l.strip()] if not (s and len(s) <= 12 and is_page_number(s)))
     vocabulary = words_of(text)
-    paragraphs, current = [], []
-    for line, key in zip(lines, keys):
-        stripped = line.strip()
-        if not stripped:
-            if current and not ends_with_line_hyphen(current[-1]):  # a hyphen carries over a page break
-                paragraphs.append(join_lines(current, vocabulary))
-                current = []
-            continue
-        if len(stripped) <= 12 and is_page_number(stripped):
-            continue
-        if key in heads and title_like[line]:  # only edge lines have a key
-            continue
-        current.append(stripped)
-    if current:
-        paragraphs.append(join_lines(current, vocabulary))
+
+    def over_blank(match):  # a word cut at a page's end goes on after the page break
+        before = match.string[match.start() - 1: match.start()]
+        return match.group(1) + "\n" if before.isalpha() else match.group(0)
+
+    def join(match):
+        mark, tail = match.groups()
+        start, string = match.start(), match.string
+        if not string[start - 1: start].isalpha():
+            return match.group(0)
+        head_word = _WORD_BEFORE.search(string, max(0, start - 64), start).group(0)
+        cut = mark == SOFT_HYPHEN or not keeps_hyphen(head_word, tail, vocabulary)
+        return ("" if cut else "-") + tail
+
+    body = _LINE_END_HYPHEN.sub(join, _HYPHEN_OVER_BLANK.sub(over_blank, body)).replace(SOFT_HYPHEN, "")
+    paragraphs = (" ".join(p.split()) for p in _BLANK_LINES.split(body))
     return "\n\n".join(p for p in paragraphs if p)
 
 

@@ -9,6 +9,7 @@ import glob
 import math
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,7 @@ def prepare(settings, step):
     init = (str(model_dir), settings.seq_len, settings.max_samples_per_book, settings.min_chars)
     from tqdm.auto import tqdm
     progress = tqdm(total=settings.n_samples, desc=f"{step} samples", unit="sample")
+    began = time.perf_counter()  # the step's own work: streaming, cleaning, tokenizing, writing
     with multiprocessing.get_context("fork").Pool(settings.num_proc, _init_worker, init) as pool:
         for number, file_id, split, skipped, tokenized in pool.imap(_process_book, books, chunksize=4):
             if written[split] >= quota[split]:
@@ -195,5 +197,7 @@ def prepare(settings, step):
     import shutil
     shutil.rmtree(staging)
     nxt = {"1a": common.SCRIPTS["2a"], "1b": f"{common.SCRIPTS['2b']} (after 2a)"}[step]
+    seconds = time.perf_counter() - began
     print(f"{step} done: {written['train']} training + {written['validation']} validation samples of "
-          f"{settings.seq_len} tokens from {counts['books_used']} books in {out_dir}. Next: python {nxt}")
+          f"{settings.seq_len} tokens from {counts['books_used']} books in {out_dir}; {counts['tokens_read']:,} tokens "
+          f"tokenized in {seconds:.1f} s ({counts['tokens_read'] / seconds:,.0f} tokens/s). Next: python {nxt}")
