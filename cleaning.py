@@ -40,8 +40,9 @@ def is_page_number(line):
     return bool(PAGE_NUMBER.match(line))
 
 
-_NOT_HEADER_WORDS = re.compile(r"[\d\[\]()\-–—.\s]+")
-_NOT_HEADER_WORDS_IN_LINE = re.compile(r"[\d\[\]()\-–—.\t\f\v \u00a0]+")  # the same, newlines kept
+# Digits, brackets, dashes, dots and every space but "\n" (whole books are keyed in one pass). A
+# character class, not `[^\S\n]` in an alternation: that made the pass 20% slower.
+_NOT_HEADER_WORDS = re.compile("[\\d\\[\\]()\\-–—.\t\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
 
 
 def header_key(line):
@@ -178,9 +179,10 @@ def clean_ocr_text(text, min_header_repeats=3):
     """
     text = drop_source_lines(normalize_chars(text))
     lines = text.splitlines()
+    text = "\n".join(lines)  # one kind of line break (OCR has \f, \r...), so the keys line up with `lines`
     blank = [not l.strip() for l in lines] + [True]  # [-1] (before the first line) and past the end: blank
     # header_key for every line at once: one regex pass over the book, not one call per line.
-    keys = [k.strip() for k in _NOT_HEADER_WORDS_IN_LINE.sub(" ", text).lower().splitlines()]
+    keys = [k.strip() for k in _NOT_HEADER_WORDS.sub(" ", text).lower().split("\n")]
     keys = [k if 0 < len(l) <= 80 and (blank[i - 1] or blank[i + 1]) else "" for i, (k, l) in enumerate(zip(keys, lines))]
     repeated = {k for k, n in Counter(keys).items() if n >= min_header_repeats and k}
     heads = {l for l in {l for k, l in zip(keys, lines) if k in repeated} if looks_like_running_head(l)}

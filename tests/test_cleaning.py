@@ -67,6 +67,13 @@ def test_repeated_prose_lines_are_not_running_heads():
     assert text.count(line) == 5 and "HISTOIRE" not in text
 
 
+def test_form_feeds_between_pages_keep_heads_and_lines_aligned():
+    pages = [f"CONTES DU SOIR   {n}\n\nLe médecin affirma que le malade guérirait.\n\n- {n} -" for n in range(1, 5)]
+    text = clean_ocr_text("\f".join(pages))
+    assert "CONTES" not in text and not any(c.isdigit() for c in text)
+    assert text.count("Le médecin affirma que le malade guérirait.") == 4
+
+
 def test_repeated_dialogue_is_not_a_running_head():
     text = "\n\n".join(f"Il se tut.\n— Oui.\nPage suivante numéro {w}." for w in "abcd")
     assert clean_ocr_text(text).count("— Oui.") == 4
