@@ -53,9 +53,14 @@ def project_dir(value=""):
     return Path(value or os.environ.get("KAFKA_PROJECT_DIR") or "/project")
 
 
+def rank():
+    """This process's rank under torchrun / accelerate launch; 0 in a plain run."""
+    return int(os.environ.get("RANK", 0))
+
+
 def is_main_process():
-    """Rank 0 under torchrun / accelerate launch (and a plain run): the one that talks and writes."""
-    return int(os.environ.get("RANK", 0)) == 0
+    """Rank 0: the process that talks and writes."""
+    return rank() == 0
 
 
 def say(message):

@@ -9,6 +9,7 @@ import glob
 import math
 import multiprocessing
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -194,7 +195,6 @@ def prepare(settings, step):
         "tokenizer_fingerprint": identity["tokenizer_fingerprint"], "source_files": identity["source_files"],
         "counts": counts, "books": books_in, "versions": common.versions(),
     })
-    import shutil
     shutil.rmtree(staging)
     nxt = {"1a": common.SCRIPTS["2a"], "1b": f"{common.SCRIPTS['2b']} (after 2a)"}[step]
     seconds = time.perf_counter() - began

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -222,7 +223,6 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
         # Until this run writes metrics.json again, the stage is not finished: the next step refuses it.
         (output_dir / "metrics.json").unlink(missing_ok=True)
         if not resume:  # a fresh start: the logs of earlier runs would mix in
-            import shutil
             shutil.rmtree(log_dir, ignore_errors=True)
             for stale in [start_file, output_dir / "samples.jsonl", *output_dir.glob("batches-rank*.txt")]:
                 stale.unlink(missing_ok=True)
@@ -242,12 +242,12 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
     )
     if resume and not is_complete_checkpoint(resume):
         raise common.StageError(f"{resume} is not a complete checkpoint: pass --resume auto to take the latest complete one")
-    rank = int(os.environ.get("RANK", 0))
-    stopper = StopOnSignal()
+    rank = common.rank()
+    stopper, sampler = StopOnSignal(), GenerateSamples(settings, tokenizer, output_dir, log_dir)
     trainer = CurriculumTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_datasets,
         data_collator=collate, processing_class=tokenizer, optimizers=optimizers,
-        callbacks=[stopper, GenerateSamples(settings, tokenizer, output_dir, log_dir), RecordStart(start_file)],
+        callbacks=[stopper, sampler, RecordStart(start_file)],
         tokens_per_step=tokens_per_step,
         record_batches_to=output_dir / f"batches-rank{rank}.txt" if settings.record_batches else None,
     )
@@ -284,7 +284,7 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
     }
     trainer.save_model(str(output_dir))  # model (or adapter) + tokenizer, safetensors
     if trainer.is_world_process_zero():
-        GenerateSamples(settings, tokenizer, output_dir, log_dir).generate(model, trainer.state.global_step)
+        sampler.generate(model, trainer.state.global_step)
         common.save_settings(settings, output_dir / "settings.json")
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if settings.record_batches:  # each rank's final weights: DDP ranks must agree
