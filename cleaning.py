@@ -9,7 +9,8 @@ import unicodedata
 from collections import Counter
 
 # Page numbers as printers set them: "12", "- 12 -", "– 12 –", "— 12 —", "[12]", "(12)", "p. 12".
-PAGE_NUMBER = re.compile(r"^\s*(?:p\.\s*)?[\[(\-–—]?\s*\d{1,4}\s*[\])\-–—]?\s*$", re.IGNORECASE)
+_PAGE_NUMBER_FORM = r"(?:p\.{space})?[\[(\-–—]?{space}\d{{1,4}}{space}[\])\-–—]?"
+PAGE_NUMBER = re.compile(r"^\s*" + _PAGE_NUMBER_FORM.format(space=r"\s*") + r"\s*$", re.IGNORECASE)
 # Gallica prints its source on every page: "Source gallica.bnf.fr / Bibliothèque nationale de France".
 GALLICA_SOURCE = re.compile(r"gallica\.bnf\.fr|biblioth[eè]que nationale de france|^ *source *:? *bnf *$",
                             re.IGNORECASE | re.MULTILINE)
@@ -155,9 +156,10 @@ def source_line_numbers(lower_text):
     """Numbers of the lines that name Gallica/BnF as their source, in a lower-cased text. Plain
     substring searches find the candidates (a case-insensitive regex over the whole book cost a
     tenth of tokenizing it); the regex confirms each candidate line ("bnf" could be a word)."""
-    hits = sorted(at for mark in ("bnf", "nationale de france") for at in _find_all(lower_text, mark))
+    hits = (at for mark in ("bnf", "nationale de france") for at in _find_all(lower_text, mark))
     starts = sorted({lower_text.rfind("\n", 0, at) + 1 for at in hits})  # a line with both marks once
-    return set(line_numbers(lower_text, [at for at in starts if GALLICA_SOURCE.search(lower_text, at, _line_end(lower_text, at))]))
+    confirmed = [at for at in starts if GALLICA_SOURCE.search(lower_text, at, _line_end(lower_text, at))]
+    return set(line_numbers(lower_text, confirmed))
 
 
 def _line_end(text, at):
@@ -173,8 +175,9 @@ def _find_all(text, needle):
 
 
 # PAGE_NUMBER for the lines of a whole lower-cased book at once, each line preceded by its "\n"
-# (a literal first character lets the regex engine jump from line to line).
-_PAGE_NUMBER_LINE = re.compile(r"\n(?:p\. *)?[\[(\-–—]? *\d{1,4} *[\])\-–—]?(?=\n|\Z)")
+# (a literal first character lets the regex engine jump from line to line; " *", not "\s*", so that
+# a match never spans two lines).
+_PAGE_NUMBER_LINE = re.compile(r"\n" + _PAGE_NUMBER_FORM.format(space=" *") + r"(?=\n|\Z)")
 
 
 def page_number_lines(lower_text):
@@ -193,6 +196,9 @@ def line_numbers(text, positions):
     return numbers
 
 
+_DIGIT = re.compile(r"\d")
+
+
 def looks_like_running_head(line):
     """Heads are titles: a page number beside them, a short line without closing punctuation
     ("Histoire de France") or capitals ("MÉMOIRES D'UN VOYAGEUR"). A repeated line of dialogue
@@ -204,9 +210,6 @@ def looks_like_running_head(line):
         return True
     letters = [c for c in line if c.isalpha()]
     return sum(c.isupper() for c in letters) >= 0.6 * max(1, len(letters))
-
-
-_DIGIT = re.compile(r"\d")
 
 
 def running_heads(lines, min_repeats=3):
@@ -231,6 +234,8 @@ _LINE_END_HYPHEN = re.compile(r"([-\u00ad])\n([\w'’]+)")
 _WORD_BEFORE = re.compile(r"[\w'’-]*$")
 _BLANK_LINES = re.compile(r"\n\n+")
 _SPACES = re.compile(" {2,}")
+
+
 def clean_ocr_text(text, min_header_repeats=3):
     """Gallica `complete_text` -> paragraphs of prose separated by blank lines.
 
