@@ -55,13 +55,14 @@ def main(js_path, out_dir):
         raise SystemExit(f"error: {js_path} holds {len(vocab)} pieces, not Llama's 32000")
 
     from tokenizers import Tokenizer
-    tokenizer = Tokenizer.from_str(json.dumps(tokenizer_json(vocab, merges)))
+    spec = json.dumps(tokenizer_json(vocab, merges), ensure_ascii=False)
+    tokenizer = Tokenizer.from_str(spec)
     for text, expected in KNOWN.items():
         if tokenizer.encode(text).ids != expected:
             raise SystemExit(f"error: {text!r} gives {tokenizer.encode(text).ids}, Llama gives {expected}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tokenizer.json").write_text(json.dumps(tokenizer_json(vocab, merges), ensure_ascii=False))
+    (out / "tokenizer.json").write_text(spec)
     # As in TinyLlama_v1.1's tokenizer_config.json: transformers loads it as a LlamaTokenizer.
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
