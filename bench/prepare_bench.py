@@ -47,18 +47,21 @@ def _count_tokens(texts):
     return sum(len(gallica.token_ids(_tokenizer, text)) for text in texts)
 
 
-def bare_tokens_per_second(project, settings, cleaned=True):
-    """gallica.token_ids alone on the books step 1a used (its manifest lists them), cleaned
-    beforehand or raw, on num_proc processes fed as the step feeds its own (4 books at a time)."""
+def bare_tokens_per_second(project, settings):
+    """gallica.token_ids alone on the books step 1a used (its manifest lists them), on num_proc
+    processes fed as the step feeds its own (4 books at a time): (on the cleaned text, on the raw)."""
     global _tokenizer
     _tokenizer = common.load_tokenizer(project / common.BASE_MODEL)
     used = {book for books in common.read_manifest(project / common.DATA["1a"])["books"].values() for book in books}
-    books = [text for _, file_id, _, text, _ in gallica.iter_books(gallica.parquet_files(project / common.GALLICA_DIR), "1a", settings)
-             if file_id in used]
-    texts = [clean_ocr_text(text) for text in books] if cleaned else books
+    raw = [text for _, file_id, _, text, _ in gallica.iter_books(gallica.parquet_files(project / common.GALLICA_DIR), "1a", settings)
+           if file_id in used]
+    return tuple(_pool_tokens_per_second(texts, settings.num_proc) for texts in ([clean_ocr_text(t) for t in raw], raw))
+
+
+def _pool_tokens_per_second(texts, num_proc):
     chunks = [texts[i:i + 4] for i in range(0, len(texts), 4)]
     began = time.perf_counter()
-    with multiprocessing.get_context("fork").Pool(settings.num_proc) as pool:
+    with multiprocessing.get_context("fork").Pool(num_proc) as pool:
         tokens = sum(pool.imap(_count_tokens, chunks))
     return tokens / (time.perf_counter() - began)
 
@@ -111,8 +114,7 @@ def main():
             min_chars=500, validation_percent=10, num_proc=args.num_proc)
         prepare_tps, peak = run_prepare(project, flags)
         books_read = common.read_manifest(project / common.DATA["1a"])["counts"]["books_read"]
-        results[scale] = (prepare_tps, peak, books_read, bare_tokens_per_second(project, settings),
-                          bare_tokens_per_second(project, settings, cleaned=False))
+        results[scale] = (prepare_tps, peak, books_read, *bare_tokens_per_second(project, settings))
     tokenizer = common.load_tokenizer(work / "x1" / common.BASE_MODEL)
     print(f"tokenizer                   : {type(tokenizer).__name__}, {len(tokenizer)} pieces "
           f"({args.tokenizer or 'the fixtures'})")
