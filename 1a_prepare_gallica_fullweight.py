@@ -9,26 +9,20 @@ keeps this step's half of the books (1b gets the other half, by file_id hash), s
 OCR quality below --min-ocr, non-French or tiny texts, cleans the OCR, tokenizes each book once
 and cuts 512-token samples, at most 128 per book (64k tokens, about 3/4 of a typical 88k-token
 book) so that the 1M samples (512M tokens) come from >= 7.8k books, none above 0.013% of them. Whole books are held out for validation.
-Writes data/1a_gallica_fullweight/{train,validation} + manifest.json. The recipe is gallica.py's.
+Writes data/1a_gallica_fullweight/{train,validation} + manifest.json. The recipe is chateau/gallica.py's.
 """
-from dataclasses import dataclass
+from chateau import gallica
+from chateau.cli import parse_settings, run
 
-import common
-import gallica
-
-
-@dataclass
-class Settings(gallica.GallicaSettings):
-    n_samples: int = common.setting(1_000_000, "training samples to cut (1M x 512 = 512M tokens)")
-    seq_len: int = common.setting(512, "tokens per sample")
-    max_samples_per_book: int = common.setting(128, "cap per book (128 x 512 = 64k tokens), so that long books don't dominate")
-    validation_samples: int = common.setting(2000, "validation samples (1M tokens), from held-out books")
+# The settings (defaults = the curriculum's 1M x 512 tokens) live in the library: the download
+# planner and the prepare benchmark size the corpus from them.
+Settings = gallica.Settings1a
 
 
 def main():
-    settings = common.parse_settings(Settings, description=__doc__)
+    settings = parse_settings(Settings, description=__doc__)
     gallica.prepare(settings, "1a")
 
 
 if __name__ == "__main__":
-    common.run(main)
+    run(main)

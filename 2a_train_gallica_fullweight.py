@@ -13,7 +13,7 @@ are 8-bit (2 bytes/param together): 1.1B x (2 weights + 2 grads + 2 state) = 6.6
 for activations. But a bf16 weight has 8 bits of mantissa: an update below ~1/256 of the weight
 rounds away, and at lr 1e-4 most do (the earlier public attempt's silent failure). torchao's
 AdamW8bit computes the update in fp32 and writes it back with stochastic rounding, so every
-update counts in expectation (tests/test_optimizer.py checks it against an fp32 reference).
+update counts in expectation (tests/test_training.py checks it against an fp32 reference).
 fp32 master weights with bitsandbytes' paged 8-bit AdamW (`--optimizer paged_adamw_8bit`) are
 exact too but need 1.1B x (4 + 4 + 2) = 11 GB before activations: too much for 12 GB.
 """
@@ -21,21 +21,22 @@ from dataclasses import dataclass
 
 import torch
 
-import common
-import training
+from chateau import models, stages, training
+from chateau.cli import parse_settings, run, say, setting
 
 
 @dataclass
 class Settings(training.TrainSettings):
+    base_model: str = setting(stages.BASE_MODEL, stages.BASE_MODEL_HELP)
     # 8 x 16 x 512 = 65,536 tokens per optimizer step; 1M samples -> 7,813 steps (about 2 days on a 12 GB card).
-    batch_size: int = common.setting(8, "samples per GPU per micro-step (8 x 512 tokens fits 12 GB with checkpointing)")
-    grad_accum: int = common.setting(16, "micro-steps per optimizer step (64k tokens per step)")
+    batch_size: int = setting(8, "samples per GPU per micro-step (8 x 512 tokens fits 12 GB with checkpointing)")
+    grad_accum: int = setting(16, "micro-steps per optimizer step (64k tokens per step)")
     # TinyLlama's pretraining decayed to 4e-5; re-warming to a moderate 1e-4 adapts it to French
     # without erasing it (continual-pretraining practice: re-warm, then cosine to 10%).
-    lr: float = common.setting(1e-4, "peak learning rate (full weights)")
-    warmup_steps: int = common.setting(100, "linear warm-up steps (~1% of the run)")
-    weight_decay: float = common.setting(0.1, "decoupled weight decay on matrices (TinyLlama's value)")
-    optimizer: str = common.setting("adamw8bit_sr", "adamw8bit_sr (torchao, bf16 weights + stochastic rounding) | paged_adamw_8bit (bitsandbytes, fp32 weights) | adamw_torch (fp32 reference)")
+    lr: float = setting(1e-4, "peak learning rate (full weights)")
+    warmup_steps: int = setting(100, "linear warm-up steps (~1% of the run)")
+    weight_decay: float = setting(0.1, "decoupled weight decay on matrices (TinyLlama's value)")
+    optimizer: str = setting("adamw8bit_sr", "adamw8bit_sr (torchao, bf16 weights + stochastic rounding) | paged_adamw_8bit (bitsandbytes, fp32 weights) | adamw_torch (fp32 reference)")
 
     def problems(self):
         out = super().problems()
@@ -58,30 +59,27 @@ def make_optimizer(model, settings):
 
 
 def main():
-    settings = common.parse_settings(Settings, description=__doc__)
-    common.check_device()
-    project = common.project_dir(settings.project_dir)
-    torch.manual_seed(settings.seed)
+    settings = parse_settings(Settings, description=__doc__)
+    project = training.begin(settings)
 
     # 1. Model: bf16 weights on GPU for the stochastic-rounding optimizer, fp32 otherwise.
-    base = project / common.BASE_MODEL
-    tokenizer = common.load_tokenizer(base)
-    dtype = common.compute_dtype() if settings.optimizer == "adamw8bit_sr" else torch.float32
-    model = common.load_model(base, dtype=dtype, attn_implementation=settings.attn_implementation)
+    base = stages.base_model_dir(project, settings.base_model)
+    tokenizer = models.load_tokenizer(base)
+    dtype = models.compute_dtype() if settings.optimizer == "adamw8bit_sr" else torch.float32
+    model = models.load_model(base, dtype=dtype, attn_implementation=settings.attn_implementation)
     model.config.use_cache = False  # no KV cache while training (checkpointing recomputes)
 
     # 2. Data: 1a's samples, checked against this tokenizer and context.
-    data, _ = common.load_prepared(project, "1a", tokenizer, model.config.max_position_embeddings)
-    validation = training.validation_sets(project, ["1a"], tokenizer, model.config.max_position_embeddings,
-                                          settings.max_eval_samples)
+    train_data, validation = training.load_data(project, "1a", [], tokenizer, model.config.max_position_embeddings,
+                                                settings.max_eval_samples)
 
     # 3. Train.
     optimizers = (make_optimizer(model, settings), None) if settings.optimizer == "adamw8bit_sr" else (None, None)
     optim = "adamw_torch" if settings.optimizer == "adamw8bit_sr" else settings.optimizer
-    training.fit(settings, "2a", model, tokenizer, data["train"], validation, optimizers=optimizers, optim=optim)
-    common.say(f"2a done: model in {project / common.MODELS['2a']}. Next: python {common.SCRIPTS['1b']} (if not done), "
-          f"then python {common.SCRIPTS['2b']}")
+    training.fit(settings, "2a", model, tokenizer, train_data, validation, optimizers=optimizers, optim=optim)
+    say(f"2a done: model in {stages.folder(project, '2a')}. Next: python {stages.script_of('1b')} (if not done), "
+        f"then python {stages.script_of('2b')}")
 
 
 if __name__ == "__main__":
-    common.run(main)
+    run(main)

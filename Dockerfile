@@ -18,6 +18,8 @@ RUN pip install -r /app/requirements.txt
 RUN useradd --create-home --uid 1000 kafka && mkdir -p /project && chown kafka:kafka /project /app
 WORKDIR /app
 COPY --chown=kafka:kafka *.py notebook.ipynb docker-entrypoint.sh /app/
+COPY --chown=kafka:kafka chateau /app/chateau
+COPY --chown=kafka:kafka dev /app/dev
 COPY --chown=kafka:kafka bench /app/bench
 USER kafka
 

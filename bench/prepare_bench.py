@@ -1,8 +1,10 @@
 """Benchmark of the Gallica prepare step (1a): throughput against the bare tokenizer, and memory.
 
-    python bench/prepare_bench.py --tokenizer /project/models/TinyLlama_v1.1   # ~3 minutes on 2 cores
-    python bench/prepare_bench.py                                              # the fixtures' tokenizer
-    python bench/prepare_bench.py --tiny                                       # seconds: checks it runs
+    python -m bench.prepare_bench --tokenizer /project/models/TinyLlama_v1.1   # ~3 minutes on 2 cores
+    python -m bench.prepare_bench                                              # the fixtures' tokenizer
+    python -m bench.prepare_bench --tiny                                       # seconds: checks it runs
+
+(from the repository root).
 
 Prints, in one run on the same books and the same cores:
   - the bare tokenizer's throughput (tokens/s): the step's own tokenizer call (gallica.token_ids)
@@ -19,26 +21,21 @@ hub, bench/llama_tokenizer.py rebuilds the same Llama 2 tokenizer from an npm pa
 --tokenizer, the fixtures' small BPE is used: about as fast per character, but not the real one.
 """
 import argparse
-import importlib
 import multiprocessing
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
-import demo  # noqa: E402
-import fixtures  # noqa: E402
-import gallica  # noqa: E402
-from cleaning import clean_ocr_text  # noqa: E402
+from chateau import gallica, models, prepared, stages
+from chateau.cleaning import clean_ocr_text
+from dev import fixtures
+from dev.runner import start_script
 
 _tokenizer = None
 
@@ -51,10 +48,10 @@ def bare_tokens_per_second(project, settings):
     """gallica.token_ids alone on the books step 1a used (its manifest lists them), on num_proc
     processes fed as the step feeds its own (4 books at a time): (on the cleaned text, on the raw)."""
     global _tokenizer
-    _tokenizer = common.load_tokenizer(project / common.BASE_MODEL)
-    used = {book for books in common.read_manifest(project / common.DATA["1a"])["books"].values() for book in books}
-    raw = [text for _, file_id, _, text, _ in gallica.iter_books(gallica.parquet_files(project / common.GALLICA_DIR), "1a", settings)
-           if file_id in used]
+    _tokenizer = models.load_tokenizer(project / stages.BASE_MODEL)
+    used = {book for books in prepared.read_manifest(stages.folder(project, "1a"))["books"].values() for book in books}
+    raw = [book.text for book in gallica.iter_books(gallica.parquet_files(project / stages.GALLICA_DIR), "1a", settings)
+           if book.file_id in used]
     return tuple(_pool_tokens_per_second(texts, settings.num_proc) for texts in ([clean_ocr_text(t) for t in raw], raw))
 
 
@@ -68,8 +65,8 @@ def _pool_tokens_per_second(texts, num_proc):
 
 def run_prepare(project, flags):
     """(the step's own throughput in tokens/s, from its last line; peak RSS of its process tree)."""
-    cmd = [sys.executable, str(ROOT / "1a_prepare_gallica_fullweight.py"), "--project-dir", str(project), *flags]
-    proc = subprocess.Popen(cmd, env=demo.script_env(project), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_script(project, "1a_prepare_gallica_fullweight.py", *flags, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
     peak = 0
     parent = psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -99,23 +96,22 @@ def main():
     results = {}
     for scale in (1, 10):
         project = work / f"x{scale}"
-        model_dir = project / common.BASE_MODEL
+        model_dir = project / stages.BASE_MODEL
         fixtures.build_model(model_dir, vocab_size=len(fixtures.build_tokenizer(model_dir)))
         if args.tokenizer:
             for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
                 if (args.tokenizer / name).exists():
                     shutil.copy(args.tokenizer / name, model_dir / name)
-        fixtures.build_gallica(project / common.GALLICA_DIR, n_files=files * scale, books_per_file=books, pages=pages,
+        fixtures.build_gallica(project / stages.GALLICA_DIR, n_files=files * scale, books_per_file=books, pages=pages,
                                sentences_per_page=24)
         # 1a's real sample length and cap per book; no quota, so every book is read.
         flags = ["--n-samples", "100000000", "--allow-fewer", "--validation-samples", "100000000",
                  "--validation-percent", "10", "--min-chars", "500", "--num-proc", str(args.num_proc)]
-        settings = importlib.import_module("1a_prepare_gallica_fullweight").Settings(
-            min_chars=500, validation_percent=10, num_proc=args.num_proc)
+        settings = gallica.Settings1a(min_chars=500, validation_percent=10, num_proc=args.num_proc)
         prepare_tps, peak = run_prepare(project, flags)
-        books_read = common.read_manifest(project / common.DATA["1a"])["counts"]["books_read"]
+        books_read = prepared.read_manifest(stages.folder(project, "1a"))["counts"]["books_read"]
         results[scale] = (prepare_tps, peak, books_read, *bare_tokens_per_second(project, settings))
-    tokenizer = common.load_tokenizer(work / "x1" / common.BASE_MODEL)
+    tokenizer = models.load_tokenizer(work / "x1" / stages.BASE_MODEL)
     print(f"tokenizer                   : {type(tokenizer).__name__}, {len(tokenizer)} pieces "
           f"({args.tokenizer or 'the fixtures'})")
     print(f"cores used                  : {args.num_proc}")

@@ -1,16 +1,16 @@
 """Training benchmark: each stage's real code path at TinyLlama_v1.1's real shape, on synthetic data.
 
-    python bench/train_bench.py --memory-cap-gib 12            # on a GPU: ~10 minutes, every variant
-    python bench/train_bench.py --tiny                         # CPU, seconds: checks the script runs
+    python -m bench.train_bench --memory-cap-gib 12            # on a GPU: ~10 minutes, every variant
+    python -m bench.train_bench --tiny                         # CPU, seconds: checks the script runs
 
 Builds the real TinyLlama_v1.1 shape from config (hidden 2048, 22 layers, 32 heads / 4 KV heads,
 intermediate 5632, vocab 32000, 2048 positions; random bf16 weights: no download) in a scratch
 project with synthetic prepared data, then runs the train scripts themselves (2a at 512 tokens,
 2b and 2c at 2048 with the 4-bit base and LoRA) for --steps steps per variant, and a plain HF
-Trainer (+ peft for 2b/2c) with default settings at the same shapes as the baseline. Prints per
+Trainer (+ peft for 2b/2c) with default settings at the same shapes as the baseline
+(bench/plain_trainer.py). Prints per
 run: peak memory (torch.cuda.max_memory_reserved), tokens/s after warm-up, MFU, ratio to the
-baseline. --memory-cap-gib caps the process (torch.cuda.set_per_process_memory_fraction) so a
-big card behaves like a 12 GB one.
+baseline. --memory-cap-gib caps each run (bench/capped.py) so a big card behaves like a 12 GB one.
 
 MFU = tokens/s x FLOPs per token / peak FLOP/s. FLOPs per token (forward + backward, PaLM's
 count): full weights 6N + 12·L·d·T; LoRA on a frozen base 4N + 12·L·d·T (no weight gradients for
@@ -20,7 +20,6 @@ of gradient checkpointing is not counted (MFU, not HFU).
 """
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,12 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
-import demo  # noqa: E402
-import fixtures  # noqa: E402
-import monitor  # noqa: E402
+from chateau import models, monitor, stages
+from dev import fixtures
+from dev.runner import ROOT, run_script, script_env
 
 REAL = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
             num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
@@ -42,7 +38,6 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 # Dense bf16 tensor-core peaks (FLOP/s) used for MFU, from the vendors' data sheets.
 PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "RTX 3090": 71e12, "RTX 4090": 165e12, "cpu": None}
 SEQ = {"2a": 512, "2b": 2048, "2c": 2048}
-SCRIPT = {"2a": "2a_train_gallica_fullweight.py", "2b": "2b_train_gallica_QLoRA.py", "2c": "2c_train_kafka_QLoRA.py"}
 # (stage, label, flags): every lever measured against the stage's defaults. Batch sizes are per GPU.
 VARIANTS = [
     ("2a", "default (bs 8, checkpointing)", []),
@@ -71,22 +66,22 @@ def build_project(project, shape, n_train):
     import torch
     from datasets import Dataset, DatasetDict
     from transformers import LlamaConfig, LlamaForCausalLM
-    base = project / common.BASE_MODEL
+    base = project / stages.BASE_MODEL
     tokenizer = fixtures.build_tokenizer(base)
     model = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2))
     model.to(torch.bfloat16).save_pretrained(base)
-    two_a = project / common.MODELS["2a"]  # 2b and 2c start from 2a's output
+    two_a = stages.folder(project, "2a")  # 2b and 2c start from 2a's output
     model.to(torch.bfloat16).save_pretrained(two_a)
     tokenizer.save_pretrained(two_a)
     (two_a / "metrics.json").write_text("{}")
     rng = np.random.default_rng(0)
     for stage, seq in (("1a", 512), ("1b", 2048), ("1c", 2048)):
         ids = lambda n: rng.integers(3, len(tokenizer), size=(n, seq), dtype=np.int32).tolist()
-        out = project / common.DATA[stage]
+        out = stages.folder(project, stage)
         DatasetDict({"train": Dataset.from_dict({"input_ids": ids(n_train)}),
                      "validation": Dataset.from_dict({"input_ids": ids(4)})}).save_to_disk(str(out))
-        (out / "manifest.json").write_text(json.dumps({"settings": {"seq_len": seq},
-                                                       "tokenizer_fingerprint": common.tokenizer_fingerprint(tokenizer)}))
+        (out / "manifest.json").write_text(json.dumps({"settings": {"seq_len": seq}, "identity": {
+            "tokenizer_fingerprint": models.tokenizer_fingerprint(tokenizer)}}))
 
 
 def run_stage(project, stage, flags, steps, cap):
@@ -94,49 +89,21 @@ def run_stage(project, stage, flags, steps, cap):
     common_flags = ["--max-steps", str(steps), "--grad-accum", "1", "--logging-steps", "1", "--eval-steps", "100000",
                     "--save-steps", "100000", "--sample-steps", "0", "--max-eval-samples", "2", "--resume", "never",
                     "--warmup-steps", "0"]
-    env = dict(demo.script_env(project), **({"KAFKA_MEMORY_CAP_GIB": str(cap)} if cap else {}))
     extra = ["--merge", "false"] if stage == "2c" else []
-    out = subprocess.run([sys.executable, str(ROOT / SCRIPT[stage]), "--project-dir", str(project), *common_flags,
-                          *extra, *flags], env=env, cwd=ROOT, text=True, capture_output=True)
+    out = run_script(project, stages.script_of(stage), *common_flags, *extra, *flags, check=False,
+                     python=(sys.executable, "-m", "bench.capped", str(cap or 0)))
     if out.returncode != 0:
         return None, None, (out.stderr.strip().splitlines() or ["failed"])[-1][:100]
-    scalars = monitor.read_scalars(project / "runs" / monitor.STAGE_NAMES[stage])
+    scalars = monitor.read_scalars(project / "runs" / stages.stage(stage).run_name)
     speeds = [v for step, v in scalars.get("train/tokens_per_second", []) if step > max(2, steps // 4)]  # after warm-up
-    metrics = json.loads((project / common.MODELS[stage] / "metrics.json").read_text())
+    metrics = json.loads((stages.folder(project, stage) / "metrics.json").read_text())
     return statistics.median(speeds) if speeds else None, metrics["peak_memory_gib"], ""
 
 
-def run_baseline(project, stage, batch_size, steps):
-    """The plain recipe a user would write: Trainer (+ peft LoRA on a default 4-bit base), defaults."""
-    code = f"""
-import sys, time, json, torch
-sys.path.insert(0, {str(ROOT)!r})
-from datasets import load_from_disk
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainingArguments, TrainerCallback
-import common, training
-project = __import__("pathlib").Path({str(project)!r})
-stage, steps, bs = {stage!r}, {steps}, {batch_size}
-data = load_from_disk(str(project / common.DATA[{ {"2a": "1a", "2b": "1b", "2c": "1c"}[stage]!r}]))["train"]
-path = project / common.MODELS["2a"]
-if stage == "2a":
-    model = AutoModelForCausalLM.from_pretrained(path)
-else:
-    from peft import LoraConfig, get_peft_model
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=BitsAndBytesConfig(load_in_4bit=True))
-    model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, target_modules="all-linear", task_type="CAUSAL_LM"))
-times = []
-class Clock(TrainerCallback):
-    def on_step_end(self, *a, **k): times.append(time.perf_counter())
-args = TrainingArguments(output_dir=str(project / "baseline"), per_device_train_batch_size=bs, max_steps=steps,
-                         bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(), report_to=[],
-                         save_strategy="no", logging_steps=1)
-Trainer(model=model, args=args, train_dataset=data, data_collator=training.collate, callbacks=[Clock()]).train()
-warm = times[max(2, steps // 4):]
-tps = (len(warm) - 1) * bs * len(data[0]["input_ids"]) / (warm[-1] - warm[0]) if len(warm) > 1 else None
-peak = torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
-print("RESULT", json.dumps([tps, peak]))
-"""
-    out = subprocess.run([sys.executable, "-c", code], env=demo.script_env(project), cwd=ROOT, text=True, capture_output=True)
+def run_baseline(project, stage, batch_size, steps, cap):
+    """The plain recipe a user would write (bench/plain_trainer.py), in its own process."""
+    out = subprocess.run([sys.executable, "-m", "bench.plain_trainer", str(project), stage, str(batch_size), str(steps),
+                          str(cap or 0)], env=script_env(project), cwd=ROOT, text=True, capture_output=True)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     if not lines:
         return None, None, (out.stderr.strip().splitlines() or ["failed"])[-1][:100]
@@ -167,7 +134,7 @@ def main():
         run_stage(project, "2b", [], 2, args.memory_cap_gib)
     for stage in stages:
         base_bs = {"2a": 8, "2b": 2, "2c": 2}[stage]
-        base = run_baseline(project, stage, base_bs, args.steps)
+        base = run_baseline(project, stage, base_bs, args.steps, args.memory_cap_gib)
         rows.append((stage, f"baseline: plain Trainer{' + peft' if stage != '2a' else ''}, bs {base_bs}", *base))
         for v_stage, label, flags in VARIANTS:
             if v_stage == stage:

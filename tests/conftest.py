@@ -1,33 +1,33 @@
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ["HF_HUB_OFFLINE"] = "1"  # a hub id would hang ~23 s before failing
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_home_"))  # datasets caches parquet there
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-import demo  # noqa: E402  (the demo's tiny settings are the tests' settings)
-import fixtures  # noqa: E402
+from dev import fixtures  # noqa: E402
+from dev.fixtures import tiny_flags  # noqa: E402,F401  (the tests' tiny settings are the demo's)
+from dev.runner import ROOT, ScriptFailed, run_script as _run_script, script_env  # noqa: E402,F401
 
 
-def run_script(project, script, *flags, check=True, timeout=300):
-    """Run a numbered script as a user would; returns the CompletedProcess."""
-    cmd = [sys.executable, str(ROOT / script), "--project-dir", str(project), *map(str, flags)]
-    out = subprocess.run(cmd, env=demo.script_env(project), cwd=ROOT, text=True, capture_output=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{script} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return out
+def run_script(project, script, *flags, check=True, timeout=300, **options):
+    """Run a numbered script as a user would; returns the CompletedProcess (fails the test when
+    `check` and the script failed, with its output). `options`: env, python (see dev.runner)."""
+    try:
+        return _run_script(project, script, *flags, check=check, timeout=timeout, **options)
+    except ScriptFailed as failed:
+        raise AssertionError(str(failed)) from None
 
 
-def tiny_flags(script):
-    return dict(demo.STEPS)[script]
+def one_error_line(result, expected, code=2):
+    """A script refused with exit `code` and exactly one `error:` line, which contains `expected`."""
+    assert result.returncode == code, (result.returncode, result.stderr[-1500:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-1500:]
+    return errors[0]
 
 
 @pytest.fixture(scope="session")
@@ -53,5 +53,5 @@ def pipeline(inputs_dir, tmp_path_factory):
     src, info = inputs_dir
     project = tmp_path_factory.mktemp("pipeline") / "project"
     shutil.copytree(src, project)
-    outputs = {script: run_script(project, script, *flags) for script, flags in demo.STEPS}
+    outputs = {script: run_script(project, script, *flags) for script, flags in fixtures.TINY_STEPS}
     return project, info, outputs

@@ -12,13 +12,13 @@ def run(*args):
 
 
 def test_prepare_bench_prints_throughputs_ratio_and_memory():
-    out = run(ROOT / "bench" / "prepare_bench.py", "--tiny")
+    out = run("-m", "bench.prepare_bench", "--tiny")
     for label in ("bare tokenizer", "prepare step (1a)", "ratio prepare / bare", "peak RSS", "(10x)"):
         assert label in out
 
 
 def test_train_bench_runs_the_real_code_path_and_a_baseline():
-    out = run(ROOT / "bench" / "train_bench.py", "--tiny", "--steps", "4", "--only", "2c")
+    out = run("-m", "bench.train_bench", "--tiny", "--steps", "4", "--only", "2c")
     table = out.split("stage configuration")[1].splitlines()
     assert any(l.startswith("2c    baseline: plain Trainer + peft") for l in table)
     default = next(l for l in table if "default (bs 2, checkpointing)" in l)

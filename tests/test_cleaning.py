@@ -1,7 +1,7 @@
 """The cleaners on hard cases written by hand."""
 import pytest
 
-from cleaning import (clean_ocr_text, french_score, is_page_number, join_hyphenated, join_lines, normalize_chars,
+from chateau.cleaning import (clean_ocr_text, french_score, is_page_number, join_hyphenated, join_lines, normalize_chars,
                       novel_paragraphs, page_number_lines, source_line_numbers, words_of)
 
 

@@ -4,12 +4,10 @@ import re
 
 import pytest
 
-import common
-import downloads
-import scoreboard
-from conftest import ROOT, run_script
+from chateau import downloads, scoreboard, stages
+from chateau.cli import StageError
+from conftest import ROOT, fixtures, run_script
 
-from demo import CONTINUE
 
 
 def body(path):
@@ -19,31 +17,30 @@ def body(path):
 def test_continuation_slides_past_one_window_and_is_reproducible(pipeline, tmp_path):
     project = pipeline[0]
     out_a, out_b, out_c = (tmp_path / f"{n}.md" for n in "abc")
-    run_script(project, "3_continue_kafka.py", *CONTINUE, "--output", out_a)
-    run_script(project, "3_continue_kafka.py", *CONTINUE, "--output", out_b)
-    run_script(project, "3_continue_kafka.py", *CONTINUE, "--output", out_c, "--seed", "1")
+    run_script(project, "3_continue_kafka.py", *fixtures.TINY_CONTINUE, "--output", out_a)
+    run_script(project, "3_continue_kafka.py", *fixtures.TINY_CONTINUE, "--output", out_b)
+    run_script(project, "3_continue_kafka.py", *fixtures.TINY_CONTINUE, "--output", out_c, "--seed", "1")
     header = out_a.read_text().split("\n---\n")[0]
     assert "- seed: 0" in header and "- stage: 2c" in header and "- temperature: 0.8" in header
     generated = int(re.search(r"generated tokens: (\d+)", header).group(1))
     assert generated > 128 + 64  # more than one window: the sliding window really ran
     assert body(out_a) == body(out_b) and body(out_a) != body(out_c)
-    clean_text = (project / common.DATA["1c"] / "clean_text.txt").read_text()
+    clean_text = (stages.folder(project, "1c") / "clean_text.txt").read_text()
     assert not clean_text.strip().endswith(body(out_a)[:40])
     assert not body(out_a).startswith(clean_text.strip()[-40:])  # it starts after the prompt, not with it
 
 
 def test_continuation_default_output_and_other_stage(pipeline):
     project = pipeline[0]
-    out = run_script(project, "3_continue_kafka.py", *CONTINUE, "--stage", "2b", "--prompt", "K. ouvrit la porte.")
+    out = run_script(project, "3_continue_kafka.py", *fixtures.TINY_CONTINUE, "--stage", "2b", "--prompt", "K. ouvrit la porte.")
     path = project / "output" / "continuation_2b.md"
     assert path.exists() and str(path) in out.stdout
 
 
-def test_scoreboard_metrics_on_hand_written_texts():
+def test_artifacts_and_repetition_on_hand_written_texts():
     clean = ["K. regarda Frieda, puis Klamm parut au château ; Olga et Barnabé attendaient à l'auberge du village."]
     other = ["La diligence s'arrêta devant l'église, et le curé descendit avec une lenteur solennelle."]
     noisy = ["Il marchait — 25 — dans la rue\n12\nLE CHÂTEAU\nSource gallica.bnf.fr / BnF\net 245 pas plus loin."]
-    assert scoreboard.kafka_word_rate(clean) > 300 and scoreboard.kafka_word_rate(other) == 0
     assert scoreboard.artifact_rate(noisy) > 200 and scoreboard.artifact_rate(clean + other) == 0
     assert scoreboard.distinct_n(["a b c d e f"]) == 1.0
     assert scoreboard.distinct_n(["le la le la le la le la"]) < 0.3
@@ -54,16 +51,30 @@ def test_scoreboard_rows_and_files(pipeline):
     rows = scoreboard.build(project, n_samples=2, max_eval_samples=8)
     assert [r["stage"] for r in rows] == ["base", "2a", "2b", "2c"]
     by = {r["stage"]: r for r in rows}
-    assert by["2c"]["kafka_perplexity"] < by["2b"]["kafka_perplexity"]  # 2c imprinted the novel
+    assert by["2c"]["novel_perplexity"] < by["2b"]["novel_perplexity"]  # 2c imprinted the novel
     assert by["2a"]["french_perplexity"] < by["base"]["french_perplexity"]  # 2a learned French
-    assert json.loads((project / "output" / "scoreboard.json").read_text()) == rows
-    assert (project / "output" / "scoreboard.csv").read_text().startswith("stage,kafka_perplexity")
+    board = json.loads((project / "output" / "scoreboard.json").read_text())
+    assert board["rows"] == rows and len(board["prompts"]) == 2 and board["lexicon"]
+    assert set(board["samples"]) == {"base", "2a", "2b", "2c"}
+    # the references calibrate the measures: the held-out slice is the novel (Delta 0 to itself)
+    assert board["references"]["novel_held_out"]["delta_novel"] == 0
+    assert (project / "output" / "scoreboard.csv").read_text().startswith("stage,novel_perplexity")
+
+
+def test_scoreboard_skips_unfinished_stages_with_a_note(pipeline, tmp_path, capsys):
+    import shutil
+    project = tmp_path / "p"
+    shutil.copytree(pipeline[0], project, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (stages.folder(project, "2b") / "metrics.json").unlink()  # as if 2b were still training
+    rows = scoreboard.build(project, n_samples=1, max_eval_samples=2, sampling=scoreboard.generation.Sampling(new_tokens=4))
+    assert [r["stage"] for r in rows] == ["base", "2a", "2c"]
+    assert "skipped 2b: not finished" in capsys.readouterr().out
 
 
 def test_download_planner():
     listing = [f"gallica_mono_{n}.parquet" for n in (10, 2, 1, 33)] + ["README.md", "other.parquet"]
     assert downloads.plan_gallica_files(listing, 3) == ["gallica_mono_1.parquet", "gallica_mono_2.parquet", "gallica_mono_10.parquet"]
-    with pytest.raises(common.StageError):
+    with pytest.raises(StageError):
         downloads.plan_gallica_files(listing, 5)
     a = downloads.CorpusAssumptions()
     # 1a alone: 1M samples / (2000 books x 1/2 x 60% x 128 samples) = 13.02 files, x 1.2 margin -> 16
@@ -86,7 +97,7 @@ def test_downloads_are_idempotent_and_need_no_network(fresh_project, monkeypatch
     assert "already" in downloads.download_model(project)
     assert "already" in downloads.download_novel(project)
     listing = [f"gallica_mono_{n}.parquet" for n in range(5)]
-    (project / common.GALLICA_DIR / "gallica_mono_1.parquet").write_bytes(b"PAR1")
+    (project / stages.GALLICA_DIR / "gallica_mono_1.parquet").write_bytes(b"PAR1")
     downloads.download_gallica(project, 3, listing=listing)
     # gallica_mono_0 (a fixture file) and _1 are there: only _2 is fetched
     assert fetched == ["gallica_mono_2.parquet"]
@@ -96,7 +107,7 @@ def test_downloads_are_idempotent_and_need_no_network(fresh_project, monkeypatch
 
 def test_novel_download_resumes_from_a_file_url_or_says_where_to_put_it(fresh_project, tmp_path):
     project, _ = fresh_project
-    pdf = project / common.NOVEL_PDF
+    pdf = project / stages.NOVEL_PDF
     source = tmp_path / "source.pdf"
     pdf.rename(source)
     assert "downloaded" in downloads.download_novel(project, url=source.as_uri())
@@ -119,5 +130,5 @@ def test_notebook_runs_top_to_bottom(pipeline, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs)
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the curves were drawn
     assert "Gallica not needed" in text and "model already" in text and "novel already" in text
-    assert "kafka_perplexity" in text and "=== 2c" in text
+    assert "novel_perplexity" in text and "=== 2c" in text
     assert (project / "output" / "scoreboard.json").exists()

@@ -5,19 +5,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import common
-from conftest import run_script, tiny_flags
+from chateau import models, stages
+from conftest import one_error_line, run_script, tiny_flags
 
 
 def metrics(project, stage):
-    return json.loads((project / common.MODELS[stage] / "metrics.json").read_text())
+    return json.loads((stages.folder(project, stage) / "metrics.json").read_text())
 
 
 def test_prepared_data_has_the_contracted_shape(pipeline):
     from datasets import load_from_disk
     project, _, _ = pipeline
     for stage in ("1a", "1b", "1c"):
-        out = project / common.DATA[stage]
+        out = stages.folder(project, stage)
         data = load_from_disk(str(out))
         manifest = json.loads((out / "manifest.json").read_text())
         seq_len = manifest["settings"]["seq_len"]
@@ -28,12 +28,12 @@ def test_prepared_data_has_the_contracted_shape(pipeline):
             assert {len(row) for row in data[split]["input_ids"]} == {seq_len}
         assert manifest["tokenizer_fingerprint"] and manifest["source_files"] and manifest["versions"]["torch"]
         assert (out / "settings.json").exists()
-    assert (project / common.DATA["1c"] / "clean_text.txt").read_text().strip()
+    assert (stages.folder(project, "1c") / "clean_text.txt").read_text().strip()
 
 
 def test_gallica_steps_share_no_book(pipeline):
     project, _, _ = pipeline
-    books = {s: json.loads((project / common.DATA[s] / "manifest.json").read_text())["books"] for s in ("1a", "1b")}
+    books = {s: json.loads((stages.folder(project, s) / "manifest.json").read_text())["books"] for s in ("1a", "1b")}
     groups = [set(books[s][split]) for s in books for split in ("train", "validation")]
     assert all(groups)
     for i, a in enumerate(groups):
@@ -48,17 +48,17 @@ def test_each_training_stage_learns(pipeline, stage):
     own = next(iter(m["validation_loss_start"]))
     assert m["validation_loss_end"][own] < m["validation_loss_start"][own] - 0.02, m
     assert m["steps"] > 0 and m["trainable_parameters"] > 0 and m["tokens_seen"] > 0
-    assert list((project / "runs" / common.MODELS[stage].split("/")[1]).glob("events.out.tfevents.*"))
-    assert (project / common.MODELS[stage] / "samples.jsonl").read_text().strip()
+    assert list((project / "runs" / stages.stage(stage).run_name).glob("events.out.tfevents.*"))
+    assert (stages.folder(project, stage) / "samples.jsonl").read_text().strip()
 
 
 def test_2c_continues_2b_adapter_and_changes_it(pipeline):
     project, _, _ = pipeline
-    adapter_2b = load_file(project / common.MODELS["2b"] / "adapter_model.safetensors")
-    adapter_2c = load_file(project / common.MODELS["2c"] / "adapter_model.safetensors")
+    adapter_2b = load_file(stages.folder(project, "2b") / "adapter_model.safetensors")
+    adapter_2c = load_file(stages.folder(project, "2c") / "adapter_model.safetensors")
     m = metrics(project, "2c")
     assert m["adapter_from"] == "2b" and m["trainable_parameters"] > 0
-    assert m["adapter_digest_start"] == common.tensor_digest(adapter_2b)  # step 0 of 2c is 2b's adapter
+    assert m["adapter_digest_start"] == models.tensor_digest(adapter_2b)  # step 0 of 2c is 2b's adapter
     assert adapter_2b.keys() == adapter_2c.keys()
     changed = [k for k in adapter_2b if not torch.equal(adapter_2b[k], adapter_2c[k])]
     assert len(changed) == len(adapter_2b)  # every LoRA factor trained
@@ -68,13 +68,13 @@ def test_models_load_and_merged_equals_base_plus_adapter(pipeline):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
     project, _, _ = pipeline
-    base_dir, adapter_dir = project / common.MODELS["2a"], project / common.MODELS["2c"]
+    base_dir, adapter_dir = stages.folder(project, "2a"), stages.folder(project, "2c")
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir / "merged")
     ids = tokenizer("K. ouvrit la porte. Frieda le regardait.", return_tensors="pt").input_ids
     merged = AutoModelForCausalLM.from_pretrained(adapter_dir / "merged", dtype=torch.float32)
     unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter_dir)
     base_only = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    adapter_2b = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), project / common.MODELS["2b"])
+    adapter_2b = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), stages.folder(project, "2b"))
     assert sum("lora_" in name for name, _ in adapter_2b.named_parameters()) > 0
     with torch.no_grad():
         a, b, c = merged(ids).logits, unmerged(ids).logits, base_only(ids).logits
@@ -100,9 +100,7 @@ def test_missing_inputs_fail_with_one_clear_line(fresh_project, remove, script, 
     target = project / remove
     shutil.rmtree(target) if target.is_dir() else target.unlink()
     out = run_script(project, script, *tiny_flags(script), check=False)
-    assert out.returncode == 2
-    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and expected in errors[0], out.stderr[-1500:]
+    one_error_line(out, expected)
     assert not (project / "data").exists() or not any((project / "data").glob("*/manifest.json"))
 
 
@@ -114,6 +112,4 @@ def test_missing_inputs_fail_with_one_clear_line(fresh_project, remove, script, 
 def test_missing_previous_stage_names_the_step_to_run(fresh_project, script, expected):
     project, _ = fresh_project
     out = run_script(project, script, *tiny_flags(script), check=False)
-    assert out.returncode == 2
-    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and expected in errors[0], out.stderr[-1500:]
+    one_error_line(out, expected)

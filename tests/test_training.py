@@ -12,30 +12,27 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import common
-import demo
-import fixtures
-import training
-from conftest import ROOT, run_script, tiny_flags
+from chateau import models, stages, training
+from chateau.cli import StageError
+from conftest import fixtures, one_error_line, run_script, script_env, tiny_flags
+from dev.runner import start_script
 
 # Slow enough to be interrupted: a sample is generated after every step (off the training RNG).
 RESUMABLE = ["--save-steps", "4", "--eval-steps", "8", "--sample-steps", "1", "--sample-new-tokens", "100",
              "--record-batches"]
 
 
-def project_without(pipeline, tmp_path, name, *stages):
+def project_without(pipeline, tmp_path, name, *removed):
     project = tmp_path / name
     shutil.copytree(pipeline[0], project, ignore=shutil.ignore_patterns("checkpoint-*"))
-    for stage in stages:
-        shutil.rmtree(project / common.MODELS[stage])
+    for stage in removed:
+        shutil.rmtree(stages.folder(project, stage))
     return project
 
 
 def interrupt_after_first_checkpoint(project, script, flags):
-    out_dir = project / common.MODELS[script[:2]]
-    cmd = [sys.executable, str(ROOT / script), "--project-dir", str(project), *flags]
-    proc = subprocess.Popen(cmd, env=demo.script_env(project), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out_dir = stages.folder(project, stages.stage_of_script(script))
+    proc = start_script(project, script, *flags, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline and not training.latest_checkpoint(out_dir):
         time.sleep(0.02)
@@ -57,10 +54,10 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(pipeline, tmp_path, sc
     run_script(reference, script, *flags)
     resumed = project_without(pipeline, tmp_path, "resumed", stage)
     stopped_at = interrupt_after_first_checkpoint(resumed, script, flags)
-    final = json.loads((reference / common.MODELS[stage] / "metrics.json").read_text())["steps"]
+    final = json.loads((stages.folder(reference, stage) / "metrics.json").read_text())["steps"]
     assert 4 <= stopped_at < final
     run_script(resumed, script, *flags)
-    a, b = reference / common.MODELS[stage], resumed / common.MODELS[stage]
+    a, b = stages.folder(reference, stage), stages.folder(resumed, stage)
     assert json.loads((b / "metrics.json").read_text())["steps"] == final
     assert (a / "batches-rank0.txt").read_text() == (b / "batches-rank0.txt").read_text()  # same data order
     wa, wb = load_file(a / weights), load_file(b / weights)
@@ -84,12 +81,10 @@ def test_two_processes_over_gloo(pipeline, tmp_path, script):
     stage = script[:2]
     project = project_without(pipeline, tmp_path, "ddp", stage)
     flags = [*tiny_flags(script), "--max-steps", "6", "--save-steps", "100", "--sample-steps", "0", "--record-batches"]
-    env = dict(demo.script_env(project), ACCELERATE_USE_CPU="true")  # torchrun, not `accelerate launch --cpu` (one process)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / script), "--project-dir", str(project), *flags]
-    out = subprocess.run(cmd, env=env, cwd=ROOT, text=True, capture_output=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    out_dir = project / common.MODELS[stage]
+    env = dict(script_env(project), ACCELERATE_USE_CPU="true")  # torchrun, not `accelerate launch --cpu` (one process)
+    run_script(project, script, *flags, env=env,
+               python=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"))
+    out_dir = stages.folder(project, stage)
     batches = [(out_dir / f"batches-rank{r}.txt").read_text().split("\n")[:-1] for r in (0, 1)]
     assert len(batches[0]) == len(batches[1]) == 6  # each rank ran every step on its own half
     assert not {l.split()[1] for l in batches[0]} & {l.split()[1] for l in batches[1]}
@@ -129,11 +124,11 @@ def test_stochastic_rounding_keeps_small_updates():
 
 def test_4bit_gradients_are_right_after_an_evaluation(pipeline):
     """bitsandbytes on avx512_bf16 CPUs repacks 4-bit weights on an eval forward; the workaround
-    in common.load_model_4bit keeps later gradients equal to those before."""
+    in models.load_model_4bit keeps later gradients equal to those before."""
     from peft import LoraConfig, get_peft_model
     project = pipeline[0]
     torch.manual_seed(0)
-    model = get_peft_model(common.load_model_4bit(project / common.MODELS["2a"]),
+    model = get_peft_model(models.load_model_4bit(stages.folder(project, "2a")),
                            LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
     ids = torch.randint(3, 400, (2, 32))
 
@@ -154,29 +149,26 @@ def test_4bit_gradients_are_right_after_an_evaluation(pipeline):
 
 def test_data_from_another_tokenizer_is_refused(pipeline, tmp_path):
     project = project_without(pipeline, tmp_path, "other_tokenizer", "2a")
-    fixtures.build_tokenizer(project / common.BASE_MODEL, vocab_size=480)
+    fixtures.build_tokenizer(project / stages.BASE_MODEL, vocab_size=480)
     out = run_script(project, "2a_train_gallica_fullweight.py", *tiny_flags("2a_train_gallica_fullweight.py"), check=False)
-    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-    assert out.returncode == 2 and len(errors) == 1 and "another tokenizer" in errors[0]
+    one_error_line(out, "another tokenizer")
 
 
 def test_samples_longer_than_the_context_are_refused(pipeline, tmp_path):
     project = project_without(pipeline, tmp_path, "short_context", "2a")
-    config_path = project / common.BASE_MODEL / "config.json"
+    config_path = project / stages.BASE_MODEL / "config.json"
     config = json.loads(config_path.read_text())
     config["max_position_embeddings"] = 32
     config_path.write_text(json.dumps(config))
     out = run_script(project, "2a_train_gallica_fullweight.py", *tiny_flags("2a_train_gallica_fullweight.py"), check=False)
-    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-    assert out.returncode == 2 and len(errors) == 1 and "--seq-len 32" in errors[0]
+    one_error_line(out, "--seq-len 32")
 
 
 def test_incomplete_previous_stage_is_refused(pipeline, tmp_path):
     project = project_without(pipeline, tmp_path, "incomplete")
-    (project / common.MODELS["2b"] / "metrics.json").unlink()  # as if 2b were killed before its end
+    (stages.folder(project, "2b") / "metrics.json").unlink()  # as if 2b were killed before its end
     out = run_script(project, "2c_train_kafka_QLoRA.py", *tiny_flags("2c_train_kafka_QLoRA.py"), check=False)
-    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-    assert out.returncode == 2 and len(errors) == 1 and "2b_train_gallica_QLoRA.py" in errors[0]
+    one_error_line(out, "2b_train_gallica_QLoRA.py")
 
 
 def test_cuda_out_of_memory_names_the_settings_to_lower(pipeline, tmp_path, monkeypatch):
@@ -184,16 +176,16 @@ def test_cuda_out_of_memory_names_the_settings_to_lower(pipeline, tmp_path, monk
     from transformers import AutoModelForCausalLM, AutoTokenizer
     project = pipeline[0]
     two_a = importlib.import_module("2a_train_gallica_fullweight")
-    data = load_from_disk(str(project / common.DATA["1a"]))
+    data = load_from_disk(str(stages.folder(project, "1a")))
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.2 GiB")
 
     monkeypatch.setattr(training.CurriculumTrainer, "train", out_of_memory)
     settings = two_a.Settings(project_dir=str(tmp_path), max_steps=2, batch_size=8, sample_steps=0)
-    model = AutoModelForCausalLM.from_pretrained(project / common.BASE_MODEL)
-    with pytest.raises(common.StageError) as error:
-        training.fit(settings, "2a", model, AutoTokenizer.from_pretrained(project / common.BASE_MODEL),
+    model = AutoModelForCausalLM.from_pretrained(project / stages.BASE_MODEL)
+    with pytest.raises(StageError) as error:
+        training.fit(settings, "2a", model, AutoTokenizer.from_pretrained(project / stages.BASE_MODEL),
                      data["train"], {"1a": data["validation"]})
     assert "out of memory at --batch-size 8" in error.value.message and "--grad-accum" in error.value.message
     assert "--seq-len" in error.value.message

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-import common
+from chateau import gallica, prepared, stages
+from chateau.cli import StageError
 
 MODEL_REPO = "TinyLlama/TinyLlama_v1.1"
 MODEL_FILES = ["*.safetensors", "*.json", "tokenizer.model"]
@@ -48,8 +49,7 @@ def files_needed(steps, assumptions=CorpusAssumptions()):
 
 def planned_file_count(assumptions=CorpusAssumptions()):
     """Files for steps 1a and 1b at their default (real curriculum) settings."""
-    import importlib
-    steps = [importlib.import_module(name).Settings() for name in ("1a_prepare_gallica_fullweight", "1b_prepare_gallica_QLoRA")]
+    steps = [settings() for settings in gallica.STEP_SETTINGS.values()]
     return files_needed([(s.n_samples, s.seq_len, s.max_samples_per_book) for s in steps], assumptions)
 
 
@@ -62,7 +62,7 @@ def plan_gallica_files(listing, n_files):
     """The first `n_files` gallica_mono_<N>.parquet files of a repository listing, by N."""
     parquet = sorted((f for f in listing if file_number(f) is not None), key=file_number)
     if len(parquet) < n_files:
-        raise common.StageError(f"the corpus lists {len(parquet)} parquet files, fewer than the {n_files} planned")
+        raise StageError(f"the corpus lists {len(parquet)} parquet files, fewer than the {n_files} planned")
     return parquet[:n_files]
 
 
@@ -73,23 +73,23 @@ def hf_token():
 def download_model(project):
     """The base model, only the files needed (idempotent: present files are not fetched again)."""
     from huggingface_hub import snapshot_download
-    dest = project / common.BASE_MODEL
+    dest = project / stages.BASE_MODEL
     if (dest / "config.json").exists() and list(dest.glob("*.safetensors")):
         return f"model already in {dest}"
     snapshot_download(MODEL_REPO, local_dir=dest, allow_patterns=MODEL_FILES, token=hf_token())
     return f"model downloaded to {dest}"
 
 
-def prepared(project, stage):
-    return common.read_manifest(project / common.DATA[stage]) is not None
+def is_prepared(project, stage):
+    return prepared.read_manifest(stages.folder(project, stage)) is not None
 
 
 def download_gallica(project, n_files, listing=None):
     """The planned parquet files; skipped once steps 1a and 1b have prepared their data."""
     from huggingface_hub import HfApi, hf_hub_download
-    if prepared(project, "1a") and prepared(project, "1b"):
+    if is_prepared(project, "1a") and is_prepared(project, "1b"):
         return "Gallica not needed: steps 1a and 1b are already prepared"
-    dest = project / common.GALLICA_DIR
+    dest = project / stages.GALLICA_DIR
     listing = listing if listing is not None else HfApi().list_repo_files(CORPUS_REPO, repo_type="dataset", token=hf_token())
     planned = plan_gallica_files(listing, n_files)
     missing = [f for f in planned if not (dest / f).exists()]
@@ -100,7 +100,7 @@ def download_gallica(project, n_files, listing=None):
 
 def download_novel(project, url=NOVEL_URL):
     """The PDF, resumable (.part + HTTP Range), or a message saying where to put it."""
-    dest = project / common.NOVEL_PDF
+    dest = project / stages.NOVEL_PDF
     if dest.exists():
         return f"novel already in {dest}"
     part = dest.with_suffix(".pdf.part")

@@ -9,7 +9,7 @@
 - `Kafka-Le-Chateau.pdf`: an A5 novel with alternating running headers, page numbers in every
   common form, hyphenation at line and page ends, dialogue and centred chapter headings.
 
-    python fixtures.py /tmp/kafka-demo      # builds all three into a project folder
+    python -m dev.fixtures /tmp/kafka-demo      # builds all three into a project folder
 """
 import random
 import sys
@@ -116,6 +116,12 @@ def build_model(out_dir, vocab_size=512, seed=0):
 def _ocr_page_lines(rng, sentences, marker, n_sentences=8, width=60):
     words = " ".join(rng.choice(sentences) for _ in range(n_sentences)).split()
     words.insert(rng.randrange(len(words)), marker)
+    return ocr_lines(rng, words, width)
+
+
+def ocr_lines(rng, words, width=60):
+    """Words set in lines of `width` characters as OCR reads a printed page: long words are
+    sometimes cut at the line end with the printer's hyphen."""
     lines, line = [], ""
     for word in words:
         if len(line) + len(word) + 1 > width:
@@ -205,8 +211,9 @@ def novel_source(n_chapters=3, paragraphs_per_chapter=9, seed=1):
     return items
 
 
-def build_novel_pdf(path, items=None, fontsize=10.5):
-    """Lay the novel out on A5 pages, as a printer would, and save it as a PDF with a text layer."""
+def build_novel_pdf(path, items=None, fontsize=10.5, headers=HEADERS):
+    """Lay the novel out on A5 pages, as a printer would, and save it as a PDF with a text layer:
+    `headers` alternate as running heads on left and right pages."""
     import pymupdf
 
     items = items or novel_source()
@@ -248,7 +255,7 @@ def build_novel_pdf(path, items=None, fontsize=10.5):
         if page is None or y > bottom:
             number += 1
             page = doc.new_page(width=width, height=height)
-            header = HEADERS[number % 2]
+            header = headers[number % 2]
             hx = margin if number % 2 == 0 else width - margin - font.text_length(header, 8)
             writer = pymupdf.TextWriter(page.rect)
             writer.append((hx, margin - 10), header, font=font, fontsize=8)
@@ -269,13 +276,36 @@ def build_novel_pdf(path, items=None, fontsize=10.5):
 
 def build_project(project_dir, n_files=2, books_per_file=24, pages=4):
     """All three inputs in a project folder, as the notebook would place the real ones."""
+    from chateau import stages
     project_dir = Path(project_dir)
-    model_dir = project_dir / "models" / "TinyLlama_v1.1"
+    model_dir = project_dir / stages.BASE_MODEL
     tokenizer = build_tokenizer(model_dir)
     build_model(model_dir, vocab_size=len(tokenizer))
-    kinds = build_gallica(project_dir / "datasets" / "French-PD-Books", n_files, books_per_file, pages)
-    items = build_novel_pdf(project_dir / "Kafka-Le-Chateau.pdf")
+    kinds = build_gallica(project_dir / stages.GALLICA_DIR, n_files, books_per_file, pages)
+    items = build_novel_pdf(project_dir / stages.NOVEL_PDF)
     return {"book_kinds": kinds, "novel": items}
+
+
+# The tiny settings that go with these inputs, per script: sizes shrunk, rates raised so that a
+# 100k-parameter model learns in seconds. The demo and the tests run the scripts with them.
+TINY_TRAIN = ["--warmup-steps", "3", "--eval-steps", "20", "--save-steps", "20", "--logging-steps", "10",
+              "--max-eval-samples", "32", "--sample-steps", "0", "--sample-new-tokens", "40"]
+TINY_STEPS = [
+    ("1a_prepare_gallica_fullweight.py", ["--n-samples", "96", "--seq-len", "64", "--max-samples-per-book", "24",
+                                          "--validation-samples", "12", "--validation-percent", "25", "--min-chars", "500"]),
+    ("1b_prepare_gallica_QLoRA.py", ["--n-samples", "40", "--seq-len", "128", "--max-samples-per-book", "8",
+                                     "--validation-samples", "6", "--validation-percent", "25", "--min-chars", "500"]),
+    ("1c_prepare_kafka.py", ["--seq-len", "128", "--stride", "32"]),
+    ("2a_train_gallica_fullweight.py", ["--max-steps", "40", "--batch-size", "8", "--grad-accum", "1", "--lr", "3e-3"] + TINY_TRAIN),
+    ("2b_train_gallica_QLoRA.py", ["--max-steps", "30", "--batch-size", "4", "--grad-accum", "1", "--lr", "1e-2",
+                                   "--lora-r", "8", "--lora-alpha", "16"] + TINY_TRAIN),
+    ("2c_train_kafka_QLoRA.py", ["--batch-size", "2", "--grad-accum", "1", "--lr", "1e-2"] + TINY_TRAIN),
+]
+TINY_CONTINUE = ["--new-tokens", "300", "--context-tokens", "128", "--chunk-tokens", "64"]
+
+
+def tiny_flags(script):
+    return dict(TINY_STEPS)[script]
 
 
 if __name__ == "__main__":

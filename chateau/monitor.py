@@ -3,9 +3,7 @@ from the TensorBoard logs under runs/, and its latest generated samples. Reads t
 are written, so it works while a stage is still running."""
 import json
 
-import common
-
-STAGE_NAMES = {stage: path.split("/")[1] for stage, path in common.MODELS.items()}
+from chateau import stages
 
 
 def read_scalars(log_dir):
@@ -20,10 +18,10 @@ def read_scalars(log_dir):
     return {tag: sorted(points) for tag, points in scalars.items()}
 
 
-def plot_stages(project, stages=("2a", "2b", "2c")):
+def plot_stages(project, train_stages=stages.TRAIN_STAGES):
     """One row per stage with logs: losses (training and every validation set) and learning rate."""
     import matplotlib.pyplot as plt
-    logged = {s: read_scalars(project / "runs" / STAGE_NAMES[s]) for s in stages}
+    logged = {s: read_scalars(project / "runs" / stages.stage(s).run_name) for s in train_stages}
     logged = {s: v for s, v in logged.items() if v}
     if not logged:
         print("no training logs yet under", project / "runs")
@@ -43,11 +41,11 @@ def plot_stages(project, stages=("2a", "2b", "2c")):
     return fig
 
 
-def latest_samples(project, stages=("2a", "2b", "2c"), n=1):
+def latest_samples(project, train_stages=stages.TRAIN_STAGES, n=1):
     """{stage: [(step, text), ...]}: the last `n` samples each stage generated while training."""
     out = {}
-    for stage in stages:
-        path = project / common.MODELS[stage] / "samples.jsonl"
+    for stage in train_stages:
+        path = stages.folder(project, stage) / "samples.jsonl"
         if path.exists():
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             out[stage] = [(r["step"], r["text"]) for r in rows[-n:]]

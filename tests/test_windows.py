@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sampling import book_split, book_windows, novel_windows, strided_starts
+from chateau.windows import book_split, book_windows, novel_windows, strided_starts
 
 
 def test_book_split_is_stable_and_balanced():

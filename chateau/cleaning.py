@@ -7,6 +7,7 @@ import itertools
 import re
 import unicodedata
 from collections import Counter
+from typing import NamedTuple
 
 # Page numbers as printers set them: "12", "- 12 -", "– 12 –", "— 12 —", "[12]", "(12)", "p. 12".
 _PAGE_NUMBER_FORM = r"(?:p\.{space})?[\[(\-–—]?{space}\d{{1,4}}{space}[\])\-–—]?"
@@ -285,8 +286,35 @@ def _median(values, default):
     return values[len(values) // 2] if values else default
 
 
+class PdfLine(NamedTuple):
+    """One line of a PDF page, with its box in points (y grows downwards)."""
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    text: str
+
+
+class PdfPage(NamedTuple):
+    height: float
+    lines: list  # [PdfLine], top to bottom
+
+
+class BodyLine(NamedTuple):
+    """A line of the book's text once page furniture is gone, with the page it was on."""
+    line: PdfLine
+    page: int
+    centred: bool = False
+
+
+def _at_page_edge(index, line, lines, height, edge_share):
+    """First line in the top, or last line in the bottom, `edge_share` of its page."""
+    return ((index == 0 and line.y0 < edge_share * height)
+            or (index == len(lines) - 1 and line.y1 > (1 - edge_share) * height))
+
+
 def novel_paragraphs(pages, edge_share=0.1):
-    """pages: list of (page_height, [(x0, y0, x1, y1, text), ...]) in reading order, from pymupdf.
+    """pages: [PdfPage(height, [PdfLine, ...])] in reading order (novel.read_pdf_pages).
 
     Returns the book as paragraphs. A line is an edge line when it is the first or last of its
     page and sits in the top or bottom `edge_share` of the page; edge lines that are page numbers
@@ -294,48 +322,47 @@ def novel_paragraphs(pages, edge_share=0.1):
     wherever they sit. A paragraph starts on an indented line, a dialogue dash, a centred line
     (chapter heading, kept on its own) or after a vertical gap.
     """
-    pages = [(h, [(x0, y0, x1, y1, normalize_chars(t).strip()) for x0, y0, x1, y1, t in lines if t.strip()])
-             for h, lines in pages]
-    edge_keys = []
-    for height, lines in pages:
-        edges = [l for i, l in enumerate(lines)
-                 if (i == 0 and l[1] < edge_share * height) or (i == len(lines) - 1 and l[3] > (1 - edge_share) * height)]
-        edge_keys.append([header_key(l[4]) for l in edges])
+    pages = [PdfPage(height, [line._replace(text=normalize_chars(line.text).strip())
+                              for line in map(PdfLine._make, lines) if line.text.strip()])
+             for height, lines in pages]
+    edge_keys = [[header_key(line.text) for i, line in enumerate(page.lines)
+                  if _at_page_edge(i, line, page.lines, page.height, edge_share)] for page in pages]
     headers = repeated_headers(edge_keys)
 
-    body = []  # (x0, y0, x1, y1, text, page_index)
-    for page_index, (height, lines) in enumerate(pages):
-        for i, (x0, y0, x1, y1, text) in enumerate(lines):
-            at_edge = (i == 0 and y0 < edge_share * height) or (i == len(lines) - 1 and y1 > (1 - edge_share) * height)
-            if is_page_number(text) and (at_edge or not text.strip().isdigit()):
+    body = []
+    for page_index, page in enumerate(pages):
+        for i, line in enumerate(page.lines):
+            at_edge = _at_page_edge(i, line, page.lines, page.height, edge_share)
+            if is_page_number(line.text) and (at_edge or not line.text.strip().isdigit()):
                 continue
-            if at_edge and header_key(text) in headers:
+            if at_edge and header_key(line.text) in headers:
                 continue
-            body.append((x0, y0, x1, y1, text, page_index))
+            body.append(BodyLine(line, page_index))
     if not body:
         return []
-    left = _median([round(l[0]) for l in body], 0)
-    right = max(l[2] for l in body)
+    left = _median([round(b.line.x0) for b in body], 0)
+    right = max(b.line.x1 for b in body)
     center = (left + right) / 2
-    spacing = _median([b[1] - a[1] for a, b in zip(body, body[1:]) if a[5] == b[5] and b[1] > a[1]], 12)
-    vocabulary = words_of(" ".join(l[4] for l in body))
+    spacing = _median([b.line.y0 - a.line.y0 for a, b in zip(body, body[1:])
+                       if a.page == b.page and b.line.y0 > a.line.y0], 12)
+    vocabulary = words_of(" ".join(b.line.text for b in body))
 
     paragraphs, current, previous = [], [], None
-    for x0, y0, x1, y1, text, page_index in body:
-        centred = x0 > left + 0.1 * (right - left) and abs((x0 + x1) / 2 - center) < 0.05 * (right - left)
+    for line, page_index, _ in body:
+        centred = line.x0 > left + 0.1 * (right - left) and abs((line.x0 + line.x1) / 2 - center) < 0.05 * (right - left)
         starts = (
             previous is None
             or centred
-            or previous[6]  # the previous line was a heading
-            or text.startswith(DIALOGUE_DASH) and not ends_with_line_hyphen(previous[4])
-            or x0 > left + 0.3 * spacing  # first-line indent
-            or (previous[5] == page_index and y0 - previous[1] > 1.6 * spacing)
+            or previous.centred  # the previous line was a heading
+            or line.text.startswith(DIALOGUE_DASH) and not ends_with_line_hyphen(previous.line.text)
+            or line.x0 > left + 0.3 * spacing  # first-line indent
+            or (previous.page == page_index and line.y0 - previous.line.y0 > 1.6 * spacing)
         )
         if starts and current:
             paragraphs.append(join_lines(current, vocabulary))
             current = []
-        current.append(text)
-        previous = (x0, y0, x1, y1, text, page_index, centred)
+        current.append(line.text)
+        previous = BodyLine(line, page_index, centred)
     if current:
         paragraphs.append(join_lines(current, vocabulary))
     return [p for p in paragraphs if p]

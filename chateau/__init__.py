@@ -1,0 +1,20 @@
+"""chateau: the library behind the numbered scripts of the Kafka-trained TinyLlama.
+
+The scripts at the repository root are the recipes (one per step, read top to bottom); this
+package is their shared machinery:
+
+    stages      the stage table: which steps exist, their scripts, folders and inputs
+    cli         settings from flags, one-line errors and exit codes (the scripts' `run`)
+    models      devices, tokenizers, model loading (full, 4-bit), digests
+    prepared    the prepared-data format and its one writer (staging, manifest, atomic publish)
+    cleaning    text cleaning: Gallica OCR and the novel's PDF lines
+    windows     token streams -> fixed-length samples; which book goes to which step and split
+    gallica     the recipe of steps 1a and 1b
+    novel       reading the novel's PDF with positions (step 1c)
+    training    the Trainer, set up once, with the curriculum's callbacks
+    qlora       the QLoRA recipe of steps 2b and 2c, and the merge
+    generation  the sampling settings, loading a stage's model, generating
+    scoreboard  did each stage move the model the way it should?
+    monitor     training curves and samples for the notebook
+    downloads   fetching only what the curriculum needs (the notebook's section 1)
+"""

@@ -1,0 +1,156 @@
+"""Loading any stage's model and generating from it: used by the training samples, step 3, the
+scoreboard and the notebook, so that what the notebook shows is what the tests run.
+
+`Sampling` is the one place for the curriculum's sampling settings; `generate_ids` the one call
+to `model.generate`."""
+import re
+from dataclasses import dataclass
+
+import torch
+
+from chateau import models, stages
+from chateau.cli import StageError, setting
+
+
+@dataclass
+class Sampling:
+    """How every sample of the project is drawn: T 0.8, top-p 0.9, repetition penalty 1.1."""
+    prompt: str = setting("", "prompt of the generated samples ('' = a passage of the novel's held-out slice)")
+    new_tokens: int = setting(200, "tokens generated per sample")
+    temperature: float = setting(0.8, "sampling temperature (> 0)")
+    top_p: float = setting(0.9, "nucleus sampling: keep the smallest set of tokens with this probability (0, 1]")
+    repetition_penalty: float = setting(1.1, "repetition penalty (1 = none)")
+    seed: int = setting(0, "seed of the sampling (same seed, model and device -> same text)")
+
+    def problems(self, prefix=""):
+        flag = lambda name: f"--{prefix}{name.replace('_', '-')}"
+        out = []
+        if self.new_tokens <= 0:
+            out.append(f"{flag('new_tokens')} must be > 0 (got {self.new_tokens})")
+        if not self.temperature > 0:
+            out.append(f"{flag('temperature')} must be > 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            out.append(f"{flag('top_p')} must be in (0, 1] (got {self.top_p})")
+        if not self.repetition_penalty > 0:
+            out.append(f"{flag('repetition_penalty')} must be > 0 (got {self.repetition_penalty})")
+        return out
+
+
+def stage_path(project, stage, base_model=stages.BASE_MODEL):
+    """Where a stage's model lives: base, 2a's full model, 2b's adapter (on 2a), 2c's merged model."""
+    if stage == "base":
+        return stages.base_model_dir(project, base_model)
+    path = stages.folder(project, stage)
+    return path / "merged" if stage == "2c" else path
+
+
+def load_stage(project, stage, base_model=stages.BASE_MODEL):
+    """(model, tokenizer) of a stage, at compute precision, ready to generate. 2b is 2a with its
+    adapter applied (unmerged); 2c is the merged model that step 2c wrote."""
+    from transformers import AutoModelForCausalLM
+    if stage not in stages.MODEL_STAGES:
+        raise StageError(f"unknown stage {stage!r}: expected one of {', '.join(stages.MODEL_STAGES)}")
+    path = stage_path(project, stage, base_model)
+    hint = models.DOWNLOAD_HINT if stage == "base" else stages.stage(stage).hint()
+    marker = "adapter_config.json" if stage == "2b" else "config.json"
+    models.require(path / marker, f"the {stage} model", hint)
+    if stage == "2b":
+        from peft import PeftModel
+        base_dir = stage_path(project, "2a")
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=models.compute_dtype()), path)
+        tokenizer = models.load_tokenizer(base_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=models.compute_dtype())
+        tokenizer = models.load_tokenizer(path)
+    model.to("cuda" if models.use_cuda() else "cpu").eval()
+    return model, tokenizer
+
+
+def generate_ids(model, tokenizer, input_ids, sampling, max_new_tokens, streamer=None):
+    """New token ids after `input_ids` (a list), sampled with `sampling`'s settings."""
+    ids = torch.tensor([input_ids], device=model.device)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                             max_new_tokens=max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                             repetition_penalty=sampling.repetition_penalty, pad_token_id=tokenizer.eos_token_id,
+                             streamer=streamer)
+    return out[0, len(input_ids):].tolist()
+
+
+def prompt_ids(tokenizer, prompt):
+    """A prompt as the model saw text in training: BOS (where the tokenizer has one), then the text."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def generate_from_prompts(model, tokenizer, sampling, prompts):
+    """One sample per prompt (prompt excluded), reproducible from `sampling.seed`."""
+    torch.manual_seed(sampling.seed)
+    return [tokenizer.decode(generate_ids(model, tokenizer, prompt_ids(tokenizer, p), sampling, sampling.new_tokens),
+                             skip_special_tokens=True) for p in prompts]
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?…»])\s+")
+
+
+def passages(text, n, min_words=15, max_words=60):
+    """`n` passages of `text`, evenly spaced, each whole sentences from a sentence start, at least
+    `min_words` long (at most `max_words`): prompts that give a model the book's voice to continue."""
+    sentences = [s.strip() for s in SENTENCE_END.split(" ".join(text.split())) if s.strip()]
+    sentences = sentences[1:] or sentences  # the first may be cut mid-sentence
+    out = []
+    for k in range(n):
+        i, passage = len(sentences) * k // max(1, n), []
+        while i < len(sentences) and len(" ".join(passage).split()) < min_words:
+            passage.append(sentences[i])
+            i += 1
+        if passage:
+            out.append(" ".join(" ".join(passage).split()[:max_words]))
+    return out
+
+
+def held_out_prompts(project, tokenizer, n, fallback="1b"):
+    """`n` passages of the novel's held-out slice (1c's validation windows, never trained on),
+    or of the `fallback` step's held-out books when the novel is not prepared yet."""
+    from datasets import load_from_disk
+    for stage in ("1c", fallback):
+        folder = stages.folder(project, stage)
+        if (folder / "manifest.json").exists():
+            rows = load_from_disk(str(folder))["validation"]["input_ids"][:64]
+            found = passages(" ".join(tokenizer.decode(row, skip_special_tokens=True) for row in rows), n)
+            if found:
+                return found
+    raise StageError(f"no held-out text to take prompts from: {stages.stage('1c').hint()}, or give a prompt")
+
+
+def side_by_side(project, sampling, model_stages=stages.MODEL_STAGES, base_model=stages.BASE_MODEL):
+    """{stage: text} for every stage whose model exists (the notebook's "trying the models"), all
+    from the same prompt: `sampling.prompt`, or a passage of the novel's held-out slice."""
+    out, prompt = {}, sampling.prompt
+    for stage in model_stages:
+        try:
+            model, tokenizer = load_stage(project, stage, base_model)
+        except StageError as missing:
+            out[stage] = f"({missing.message})"
+            continue
+        prompt = prompt or held_out_prompts(project, tokenizer, 1)[0]
+        out[stage] = prompt + " " + generate_from_prompts(model, tokenizer, sampling, [prompt])[0].lstrip()
+    return out
+
+
+def continue_text(model, tokenizer, prompt_ids, new_tokens, context_tokens, chunk_tokens, sampling, stream=False):
+    """Generate `new_tokens` after `prompt_ids` with a sliding window: the model sees at most the
+    last `context_tokens` tokens and writes `chunk_tokens` at a time, so the continuation can be
+    far longer than the context. Stops early at EOS; `stream` prints text as it is generated."""
+    from transformers import TextStreamer
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    torch.manual_seed(sampling.seed)
+    generated = []
+    while len(generated) < new_tokens:
+        context = (prompt_ids + generated)[-context_tokens:]
+        new = generate_ids(model, tokenizer, context, sampling, min(chunk_tokens, new_tokens - len(generated)), streamer)
+        if tokenizer.eos_token_id in new:  # the model ended the book
+            generated += new[: new.index(tokenizer.eos_token_id)]
+            break
+        generated += new
+    return generated

@@ -1,0 +1,124 @@
+"""Devices, tokenizers and models: how every step loads what it trains or generates with."""
+import hashlib
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from chateau.cli import StageError
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we fork worker pools ourselves
+# torchao announces, at import, CUDA kernels it cannot load on other GPUs or a CPU, and torch warns
+# about its enum registrations: harmless lines that would bury each step's own output.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+DOWNLOAD_HINT = "download it with notebook.ipynb (section 1)"
+
+
+def use_cuda():
+    import torch
+    return torch.cuda.is_available()
+
+
+def compute_dtype():
+    """bf16 on GPU (TinyLlama's training precision); fp32 on CPU, where bf16 only costs accuracy."""
+    import torch
+    return torch.bfloat16 if use_cuda() else torch.float32
+
+
+def warn_if_cpu():
+    """Say once that there is no GPU, and turn torch.compile (used by torchao's optimizer step)
+    off on CPU: compiling costs ~20 s per tensor shape there, and eager mode computes the same."""
+    if not use_cuda():
+        os.environ["TORCHDYNAMO_DISABLE"] = "1"
+        print("warning: no CUDA GPU found: running on CPU (slow; fine for the tiny demo and the tests)", file=sys.stderr)
+
+
+def require(path, what, fix):
+    if not Path(path).exists():
+        raise StageError(f"{what} not found at {path}: {fix}")
+    return Path(path)
+
+
+def load_tokenizer(model_dir, fix=DOWNLOAD_HINT):
+    from transformers import AutoTokenizer
+    require(Path(model_dir) / "config.json", "model", fix)
+    return AutoTokenizer.from_pretrained(model_dir)  # trust_remote_code stays off
+
+
+def tokenizer_fingerprint(tokenizer):
+    """Identity of a tokenizer: its vocabulary and special ids. Data prepared with one tokenizer is
+    garbage to a model trained with another, so the train steps compare this with the manifest."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    specials = [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id]
+    return hashlib.sha256(json.dumps([vocab, specials], ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def document_ids(tokenizer, ids):
+    """A document as a base model saw it in pretraining: BOS, the text's ids, EOS (each only
+    where the tokenizer has one: not every Llama-architecture tokenizer defines a BOS)."""
+    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + list(ids) + \
+        ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+
+
+def device_map():
+    """Each DDP rank keeps its whole (4-bit) model on its own GPU."""
+    return {"": int(os.environ.get("LOCAL_RANK", 0))} if use_cuda() else {"": "cpu"}
+
+
+def load_model(model_dir, dtype=None, attn_implementation="sdpa", fix=DOWNLOAD_HINT):
+    """A full-precision model at `dtype` (default: compute_dtype()), whatever dtype it was saved in."""
+    from transformers import AutoModelForCausalLM
+    require(Path(model_dir) / "config.json", "model", fix)
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or compute_dtype(), device_map=device_map(),
+                                                attn_implementation=attn_implementation)
+
+
+def load_model_4bit(model_dir, attn_implementation="sdpa"):
+    """QLoRA's base: NF4 weights with double quantization, computing in bf16 on GPU."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    require(Path(model_dir) / "config.json", "model", "run the previous training step first")
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, quantization_config=quantization, dtype=compute_dtype(), device_map=device_map(),
+            attn_implementation=attn_implementation)
+    if not use_cuda():
+        # bitsandbytes 0.50 on CPUs with avx512_bf16 repacks the 4-bit weights during an eval-mode
+        # forward, after which the gradients of a training step are silently wrong.
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.support_avx512bf16_for_cpu = False
+    return model
+
+
+def tensor_digest(state_dict):
+    """A short hash of tensors by name (fp32 bytes), to prove two adapters equal or different."""
+    import torch
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        h.update(name.encode())
+        h.update(state_dict[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def versions():
+    """The versions of the stack, recorded in every manifest."""
+    import importlib.metadata as md
+    names = ["torch", "transformers", "datasets", "tokenizers", "peft", "bitsandbytes", "accelerate", "pymupdf", "pyarrow"]
+    out = {}
+    for name in names:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,25 @@
+"""The novel's PDF (step 1c): its lines with their positions, page by page, for
+cleaning.novel_paragraphs, which tells running headers and page numbers from prose."""
+from chateau.cleaning import PdfLine, PdfPage
+from chateau.cli import StageError
+
+
+def read_pdf_pages(pdf_path):
+    """[PdfPage(height, [PdfLine, ...]), ...], lines sorted top to bottom, then left to right."""
+    import pymupdf
+    try:
+        doc = pymupdf.open(pdf_path)
+    except Exception as error:  # pymupdf raises several types for empty or corrupt files
+        raise StageError(f"{pdf_path} is not a readable PDF ({error}): download it again") from None
+    pages = []
+    for page in doc:
+        lines = []
+        for block in page.get_text("dict")["blocks"]:
+            for line in block.get("lines", []):
+                lines.append(PdfLine(*line["bbox"], "".join(span["text"] for span in line["spans"])))
+        lines.sort(key=lambda line: (round(line.y0), line.x0))
+        pages.append(PdfPage(page.rect.height, lines))
+    if not any(line.text.strip() for page in pages for line in page.lines):
+        raise StageError(f"{pdf_path} has no text layer (scanned images?): OCR it first "
+                         f"(e.g. `ocrmypdf in.pdf out.pdf`) or use a PDF with text")
+    return pages

@@ -1,0 +1,164 @@
+"""Prepared data, the contract between the prepare steps (1a, 1b, 1c) and the train steps:
+
+    data/<stage>/                 a datasets DatasetDict saved with save_to_disk
+        train/, validation/       one column `input_ids`: int32 token ids, every row seq_len long
+        settings.json             the prepare step's final settings
+        manifest.json             written last: identity (what the data was made from: settings,
+                                  input digests, tokenizer fingerprint), counts, versions, extras
+        clean_text.txt            1c only: exactly the text that was tokenized
+
+One writer makes every prepared folder: it writes into a staging folder of its own (unique per
+run), and renames it onto data/<stage> only when complete, so an interrupted or failed run never
+leaves a folder that looks finished.
+"""
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from chateau import models, stages
+from chateau.cli import StageError, save_settings
+
+INPUT_IDS = "input_ids"
+SPLITS = ("train", "validation")
+_DIGEST_EDGE = 1 << 20  # bytes read at each end of a large file for its digest
+
+
+def features():
+    """The one column of prepared data: int32 ids (vocabularies are < 2^31; half the bytes of int64)."""
+    from datasets import Features, Sequence, Value
+    return Features({INPUT_IDS: Sequence(Value("int32"))})
+
+
+def file_digest(path):
+    """A cheap content digest of an input file: its size and the sha256 of its first and last MiB
+    (a parquet file's footer, its metadata and statistics, sits in the last bytes; a PDF's
+    cross-reference table too). A file replaced by another of the same name gets another digest."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(_DIGEST_EDGE))
+        f.seek(max(f.tell(), size - _DIGEST_EDGE))
+        h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def read_manifest(out_dir):
+    path = Path(out_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def already_prepared(out_dir, identity, overwrite):
+    """True when `out_dir` holds data prepared from the same inputs with the same settings
+    (`identity`): the step says so and stops. Other data there needs --overwrite."""
+    manifest = read_manifest(out_dir)
+    if manifest is None or overwrite:
+        return False
+    if manifest["identity"] == identity:
+        return True
+    raise StageError(f"{out_dir} was prepared from other inputs or settings: pass --overwrite to replace it")
+
+
+def windows_table(windows):
+    """(n, seq_len) int32 windows -> an Arrow table with a list<int32> `input_ids` column, built from
+    the numpy buffer directly (a Python list per token would cost more than the tokenizer)."""
+    import pyarrow as pa
+    windows = np.asarray(windows, dtype=np.int32)
+    n, seq_len = windows.shape
+    offsets = pa.array(np.arange(0, (n + 1) * seq_len, seq_len, dtype=np.int32))
+    return pa.table({INPUT_IDS: pa.ListArray.from_arrays(offsets, pa.array(windows.reshape(-1)))})
+
+
+class PreparedWriter:
+    """Writes one prepared folder: `with PreparedWriter(out_dir) as w: w.add(split, windows) ...
+    w.publish(settings, manifest)`. Rows stream to Arrow files as they come (memory stays flat);
+    on any exception the staging folder is removed and nothing is published."""
+
+    def __init__(self, out_dir):
+        self.out_dir = Path(out_dir)
+        self.staging = self.out_dir.parent / f".{self.out_dir.name}.partial-{os.getpid()}"
+        self.rows = dict.fromkeys(SPLITS, 0)
+
+    def __enter__(self):
+        from datasets.arrow_writer import ArrowWriter
+        for left in self.out_dir.parent.glob(f".{self.out_dir.name}.partial-*"):
+            if not _alive(int(left.name.rsplit("-", 1)[1])):  # a killed run's leftovers: free the space
+                shutil.rmtree(left, ignore_errors=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True)
+        self.writers = {s: ArrowWriter(features=features(), path=str(self.staging / f"{s}.arrow")) for s in SPLITS}
+        return self
+
+    def add(self, split, windows):
+        """Append (n, seq_len) windows of token ids to `split`."""
+        if len(windows):
+            self.writers[split].write_table(windows_table(windows))
+            self.rows[split] += len(windows)
+
+    def add_text(self, name, text):
+        (self.staging / name).write_text(text)
+
+    def publish(self, settings, manifest):
+        """Final shards, settings.json, then manifest.json last; the folder swapped in by renames."""
+        from datasets import Dataset, DatasetDict
+        for writer in self.writers.values():
+            writer.finalize()
+        final = self.staging / "final"
+        DatasetDict({s: Dataset.from_file(str(self.staging / f"{s}.arrow")) for s in SPLITS}).save_to_disk(str(final))
+        for extra in self.staging.glob("*.txt"):
+            extra.rename(final / extra.name)
+        save_settings(settings, final / "settings.json")
+        manifest = {**manifest, "settings": dataclasses.asdict(settings), "versions": models.versions()}
+        (final / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        _swap_in(final, self.out_dir)
+        shutil.rmtree(self.staging)
+
+    def __exit__(self, kind, error, traceback):
+        if kind is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        return False
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _swap_in(staging, out_dir):
+    """Replace `out_dir` by the complete `staging` folder with renames (the old one goes last)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        out_dir.rename(old)
+        Path(staging).rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        Path(staging).rename(out_dir)
+
+
+def load_prepared(project, stage, tokenizer=None, max_positions=None):
+    """The DatasetDict prepared by step `stage` ("1a", "1b", "1c"), checked against the model."""
+    from datasets import load_from_disk
+    step = stages.stage(stage)
+    out_dir = step.folder(project)
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise StageError(f"prepared data missing or incomplete at {out_dir}: {step.hint()}")
+    if tokenizer is not None and manifest["identity"]["tokenizer_fingerprint"] != models.tokenizer_fingerprint(tokenizer):
+        raise StageError(f"{out_dir} was tokenized with another tokenizer than the model's: "
+                         f"rerun `python {step.script} --overwrite`")
+    seq_len = manifest["settings"]["seq_len"]
+    if max_positions is not None and seq_len > max_positions:
+        raise StageError(f"{out_dir} has {seq_len}-token samples but the model's context is "
+                         f"{max_positions}: rerun `python {step.script} --seq-len {max_positions} --overwrite`")
+    return load_from_disk(str(out_dir)), manifest

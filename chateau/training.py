@@ -1,0 +1,327 @@
+"""What the three train steps share: the HF Trainer, set up once, with the curriculum's callbacks
+(validation before training, generated samples, tokens/s, clean stop on SIGTERM/SIGINT, resume
+from the last complete checkpoint, metrics.json). The steps themselves say which model, which data
+and which optimizer; this module is how any of them is trained."""
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from chateau import generation, models, prepared, stages
+from chateau.cli import Interrupted, StageError, group, is_main_process, positive, project_dir, rank, save_settings, say, setting
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """Fields every train step has. Each step's own dataclass sets the curriculum's defaults."""
+    project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)")
+    max_steps: int = setting(-1, "optimizer steps; -1 = one pass over the training data")
+    batch_size: int = setting(1, "samples per GPU per micro-step")
+    grad_accum: int = setting(1, "micro-steps per optimizer step")
+    lr: float = setting(1e-4, "peak learning rate")
+    warmup_steps: int = setting(0, "linear warm-up steps, then cosine decay to 10% of --lr")
+    weight_decay: float = setting(0.0, "decoupled weight decay")
+    max_grad_norm: float = setting(1.0, "gradient clipping")
+    gradient_checkpointing: bool = setting(True, "recompute activations in backward: less memory, ~30% more compute")
+    attn_implementation: str = setting("sdpa", "attention kernel: sdpa (PyTorch's fused, flash on GPU) | eager | flash_attention_2 (if installed)")
+    torch_compile: bool = setting(False, "torch.compile the model (GPU; measure with bench/train_bench.py)")
+    liger_kernel: bool = setting(False, "Liger's fused kernels: linear+cross-entropy, RMSNorm, RoPE, SwiGLU (pip install liger-kernel)")
+    eval_steps: int = setting(250, "validate every N steps (and before and after training)")
+    max_eval_samples: int = setting(512, "validation samples per evaluation, per validation set")
+    save_steps: int = setting(250, "checkpoint every N steps")
+    save_total_limit: int = setting(2, "checkpoints kept")
+    logging_steps: int = setting(10, "log loss, lr, grad norm and tokens/s every N steps")
+    sample_steps: int = setting(500, "generate a sample every N steps (0 = never)")
+    sample: generation.Sampling = group(generation.Sampling, "sample", "how the samples are drawn (seeded by step)")
+    resume: str = setting("auto", "auto (latest complete checkpoint) | never | PATH of a checkpoint")
+    record_batches: bool = setting(False, "write a digest of every batch each rank trains on (checks data order and sharding)")
+    seed: int = setting(0, "seed of initialization, data order and sampling")
+
+    def problems(self):
+        out = positive(self, "batch_size", "grad_accum", "lr", "eval_steps", "save_steps", "logging_steps",
+                       "max_eval_samples", "save_total_limit")
+        out += positive(self, "max_steps", allow=(-1,)) + self.sample.problems(prefix="sample-")
+        if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
+            out.append(f"--resume must be auto, never or a checkpoint folder (got {self.resume})")
+        return out
+
+
+def collate(rows):
+    """Fixed-length samples: no padding, labels are the inputs (the model shifts them)."""
+    ids = torch.tensor([row["input_ids"] for row in rows], dtype=torch.long)
+    return {"input_ids": ids, "labels": ids}
+
+
+def is_complete_checkpoint(path):
+    """Trainer writes trainer_state.json last: a checkpoint without a readable one (killed while
+    saving) is never taken for a complete one."""
+    try:
+        state = json.loads((Path(path) / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("global_step") == int(Path(path).name.rsplit("-", 1)[-1])
+
+
+def latest_checkpoint(output_dir):
+    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+    complete = [c for c in checkpoints if is_complete_checkpoint(c)]
+    return str(complete[-1]) if complete else None
+
+
+def require_trained(project, stage):
+    """A previous train step's output, complete (metrics.json is written last)."""
+    out = stages.folder(project, stage)
+    if not (out / "metrics.json").exists():
+        raise StageError(f"step {stage}'s output is missing or incomplete at {out}: {stages.stage(stage).hint()}")
+    return out
+
+
+def validation_sets(project, data_stages, tokenizer, max_positions, max_samples):
+    """{"1c_kafka": Dataset, ...}: each prepared stage's validation split, first `max_samples` rows."""
+    out = {}
+    for stage in data_stages:
+        data, _ = prepared.load_prepared(project, stage, tokenizer, max_positions)
+        validation = data["validation"]
+        out[stages.stage(stage).run_name] = validation.select(range(min(max_samples, len(validation))))
+    return out
+
+
+def load_data(project, data_stage, eval_stages, tokenizer, max_positions, max_eval_samples):
+    """(training split of `data_stage`, {name: validation split}): the stage's own validation set
+    first, then those of `eval_stages` (forgetting). Checked against the tokenizer and context."""
+    data, _ = prepared.load_prepared(project, data_stage, tokenizer, max_positions)
+    return data["train"], validation_sets(project, [data_stage, *eval_stages], tokenizer, max_positions, max_eval_samples)
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM (docker stop) or SIGINT (Ctrl-C): finish the current step, save a checkpoint, stop.
+    A second signal stops at once."""
+
+    def __init__(self):
+        self.received = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        print(f"\n{self.received} received: saving a checkpoint after this step, then stopping", file=sys.stderr)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class GenerateSamples(TrainerCallback):
+    """Every `sample_steps`, generate from the prompt; log to TensorBoard and samples.jsonl."""
+
+    def __init__(self, settings, tokenizer, output_dir, log_dir, prompt):
+        self.settings, self.tokenizer, self.path, self.log_dir = settings, tokenizer, Path(output_dir) / "samples.jsonl", log_dir
+        self.prompt, self.writer = prompt, None
+
+    def generate(self, model, step):
+        sampling = self.settings.sample
+        model.eval()
+        # Sampling draws from its own generator state: the training's RNG (data order, dropout)
+        # stays as it was, so a run with samples trains exactly like one without.
+        with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+            torch.manual_seed(sampling.seed + step)
+            new = generation.generate_ids(model, self.tokenizer, generation.prompt_ids(self.tokenizer, self.prompt),
+                                          sampling, sampling.new_tokens)
+        model.train()
+        text = self.prompt + " " + self.tokenizer.decode(new, skip_special_tokens=True).lstrip()
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "prompt": self.prompt, "text": text}, ensure_ascii=False) + "\n")
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(self.log_dir)
+        self.writer.add_text("sample", text, step)
+        self.writer.flush()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.settings.sample_steps and state.global_step % self.settings.sample_steps == 0 and state.is_world_process_zero:
+            self.generate(model, state.global_step)
+
+
+class RecordStart(TrainerCallback):
+    """Keeps the validation losses of the evaluation before the first step (eval_on_start)."""
+
+    def __init__(self, path):
+        self.path, self.losses, self.step = Path(path), {}, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.step = None if self.path.exists() else state.global_step  # a resumed run keeps the first numbers
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.global_step == self.step and state.is_world_process_zero:
+            self.losses.update({k: v for k, v in metrics.items() if k.endswith("_loss")})
+            self.path.write_text(json.dumps(self.losses, indent=2) + "\n")
+
+
+class CurriculumTrainer(Trainer):
+    """The HF Trainer plus tokens/s in the logs and, on request, a digest of every batch."""
+
+    def __init__(self, *args, tokens_per_step, record_batches_to=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokens_per_step, self.record_batches_to = tokens_per_step, record_batches_to
+        self._last_log = (time.time(), 0)
+
+    def log(self, logs, start_time=None):
+        now, step = time.time(), self.state.global_step
+        if "loss" in logs and step > self._last_log[1]:
+            logs["tokens_per_second"] = round((step - self._last_log[1]) * self.tokens_per_step / (now - self._last_log[0]), 1)
+            self._last_log = (now, step)
+        super().log(logs, start_time)
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        if self.record_batches_to:
+            digest = hashlib.sha256(inputs["input_ids"].cpu().numpy().tobytes()).hexdigest()[:16]
+            with open(self.record_batches_to, "a") as f:
+                f.write(f"{self.state.global_step} {digest}\n")
+        return super().training_step(model, inputs, *args, **kwargs)
+
+
+def peak_memory_gib():
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_reserved() / 2**30, 2)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # CPU: peak RSS (KiB -> GiB)
+
+
+def training_arguments(settings, output_dir, evaluate_first, optim="adamw_torch"):
+    """The Trainer's arguments from a step's settings: cosine to 10% of the peak after warm-up,
+    bf16 and fused kernels on GPU, checkpoints every --save-steps."""
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir), max_steps=settings.max_steps, num_train_epochs=1,
+        per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.lr,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
+        warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
+        optim=optim, bf16=cuda, use_cpu=not cuda,
+        gradient_checkpointing=settings.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        eval_strategy="steps", eval_steps=settings.eval_steps, logging_steps=settings.logging_steps,
+        save_strategy="steps", save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
+        report_to=["tensorboard"], seed=settings.seed, data_seed=settings.seed, eval_on_start=evaluate_first,
+        ddp_find_unused_parameters=False, dataloader_num_workers=0,
+        torch_compile=settings.torch_compile and cuda, use_liger_kernel=settings.liger_kernel,
+    )
+
+
+def forget_earlier_runs(output_dir, log_dir, start_file, resume):
+    """Until this run writes metrics.json again the stage is not finished (the next step refuses
+    it); a fresh start also drops the logs and samples of earlier runs, which would mix in."""
+    if not is_main_process():
+        return
+    (output_dir / "metrics.json").unlink(missing_ok=True)
+    if not resume:
+        shutil.rmtree(log_dir, ignore_errors=True)
+        for stale in [start_file, output_dir / "samples.jsonl", *output_dir.glob("batches-rank*.txt")]:
+            stale.unlink(missing_ok=True)
+
+
+def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimizers=(None, None), optim="adamw_torch", extra_metrics=None):
+    """Train `model` with the Trainer and write the stage's output, metrics.json last.
+
+    eval_datasets: {name: Dataset}; the first is the stage's own validation set, the others show
+    forgetting (e.g. French after Kafka). Returns the metrics dict. Raises Interrupted after
+    saving a checkpoint when stopped by a signal.
+    """
+    project = project_dir(settings.project_dir)
+    output_dir = stages.folder(project, stage)
+    log_dir = project / "runs" / stages.stage(stage).run_name
+    output_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
+    seq_len = len(train_dataset[0]["input_ids"])
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    tokens_per_step = settings.batch_size * settings.grad_accum * seq_len * world
+    resume = {"never": None, "auto": latest_checkpoint(output_dir)}.get(settings.resume, settings.resume)
+    if resume and not is_complete_checkpoint(resume):
+        raise StageError(f"{resume} is not a complete checkpoint: pass --resume auto to take the latest complete one")
+    if sum(p.numel() for p in model.parameters() if p.requires_grad) == 0:
+        raise StageError("the model has no trainable parameters: nothing would be learned")
+    # Validation before training runs inside train() (eval_on_start), once the model is wrapped for
+    # DDP: a trainer.evaluate() first would mark it prepared and DDP would never wrap it. A resumed
+    # run keeps the first run's numbers.
+    start_file = output_dir / "eval_start.json"
+    evaluate_first = not (resume and start_file.exists())  # decided alike on every rank
+    forget_earlier_runs(output_dir, log_dir, start_file, resume)
+    args = training_arguments(settings, output_dir, evaluate_first, optim)
+    # Samples continue a passage of the novel's held-out slice (or of this stage's held-out data
+    # until the novel is prepared), unless --sample-prompt says otherwise.
+    own_data = next(s for s in stages.stage(stage).reads if s in stages.PREPARE_STAGES)
+    prompt = settings.sample.prompt or generation.held_out_prompts(project, tokenizer, 1, fallback=own_data)[0]
+    stopper, sampler = StopOnSignal(), GenerateSamples(settings, tokenizer, output_dir, log_dir, prompt)
+    trainer = CurriculumTrainer(
+        model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_datasets,
+        data_collator=collate, processing_class=tokenizer, optimizers=optimizers,
+        callbacks=[stopper, sampler, RecordStart(start_file)],
+        tokens_per_step=tokens_per_step,
+        record_batches_to=output_dir / f"batches-rank{rank()}.txt" if settings.record_batches else None,
+    )
+
+    began = time.time()
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except torch.OutOfMemoryError:
+        last = latest_checkpoint(output_dir)
+        raise StageError(
+            f"CUDA out of memory at --batch-size {settings.batch_size} with {seq_len}-token samples: lower --batch-size "
+            f"(raise --grad-accum to keep the tokens per step), then the prepare step's --seq-len; "
+            f"the last checkpoint ({last or 'none yet'}) stays usable") from None
+    start = json.loads(start_file.read_text())
+    say(f"{stage}: validation before training: " + ", ".join(f"{k}={v:.4f}" for k, v in start.items()))
+    if stopper.received:
+        raise Interrupted(stopper.received, f"{stage}: stopped by {stopper.received} at step {trainer.state.global_step}; "
+                                            f"checkpoint saved in {latest_checkpoint(output_dir)}. Rerun the same command to resume.")
+    metrics = finish(settings, stage, trainer, sampler, start, began, tokens_per_step, extra_metrics)
+    primary = f"eval_{next(iter(eval_datasets))}_loss"
+    say(f"{stage}: validation loss {start[primary]:.4f} -> {metrics['validation_loss_end'][primary]:.4f} "
+        f"(perplexity {metrics['perplexity_start']:.1f} -> {metrics['perplexity_end']:.1f}) in {metrics['steps']} steps")
+    return metrics
+
+
+def finish(settings, stage, trainer, sampler, start, began, tokens_per_step, extra_metrics):
+    """Final validation, the model (or adapter) + tokenizer as safetensors, a last sample, the
+    settings, and metrics.json last: the mark of a finished stage."""
+    output_dir, model = Path(trainer.args.output_dir), trainer.model
+    end = trainer.evaluate()
+    primary = f"eval_{next(iter(trainer.eval_dataset))}_loss"
+    cuda = torch.cuda.is_available()
+    metrics = {
+        "stage": stage, "validation_loss_start": start,
+        "validation_loss_end": {k: v for k, v in end.items() if k.endswith("_loss")},
+        "perplexity_start": math.exp(start[primary]), "perplexity_end": math.exp(end[primary]),
+        "steps": trainer.state.global_step, "tokens_seen": trainer.state.global_step * tokens_per_step,
+        "wall_time_s": round(time.time() - began, 1), "peak_memory_gib": peak_memory_gib(),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "world_size": int(os.environ.get("WORLD_SIZE", 1)), "device": "cuda" if cuda else "cpu",
+        **(extra_metrics or {}),
+    }
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        sampler.generate(model, trainer.state.global_step)
+        save_settings(settings, output_dir / "settings.json")
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if settings.record_batches:  # each rank's final weights: DDP ranks must agree
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        (output_dir / f"weights-rank{rank()}.txt").write_text(models.tensor_digest(trained) + "\n")
+    return metrics
+
+
+def begin(settings):
+    """The opening of every train step: device warning, seed; returns the project folder."""
+    models.warn_if_cpu()
+    torch.manual_seed(settings.seed)
+    return project_dir(settings.project_dir)

@@ -1,0 +1,71 @@
+"""The real-model path, so that it cannot silently break: a real pretrained Llama-architecture
+model (SmolLM2-135M from its GGUF, byte-level BPE, tied embeddings, 9 heads / 3 KV heads: nothing
+like TinyLlama's shapes or tokenizer) through every step on real French prose, at a tiny length.
+The full-size run is bench/real_curriculum.py (docs/results.md)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from chateau import stages
+from chateau.gguf_files import convert_gguf
+from conftest import run_script
+from dev import real_inputs
+
+BASE = "models/SmolLM2-135M"
+TINY = ["--base-model", BASE]
+TRAIN = ["--logging-steps", "1", "--save-steps", "100", "--sample-steps", "0", "--max-eval-samples", "2",
+         "--sample-new-tokens", "8", "--batch-size", "2", "--grad-accum", "1", "--warmup-steps", "0", "--eval-steps", "100"]
+
+
+@pytest.fixture(scope="session")
+def gguf_path():
+    path = real_inputs.smollm2_gguf()
+    assert path.is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_project(tmp_path_factory, gguf_path):
+    project = tmp_path_factory.mktemp("real") / "project"
+    convert_gguf(gguf_path, project / BASE)
+    real_inputs.build_gallica(project / stages.GALLICA_DIR, max_paragraphs=40)
+    real_inputs.build_novel_pdf(project / stages.NOVEL_PDF, max_paragraphs=120)
+    return project
+
+
+def test_gguf_conversion_keeps_the_model_and_its_tokenizer(real_project, gguf_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    converted = AutoModelForCausalLM.from_pretrained(real_project / BASE, dtype=torch.float32)
+    original = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(real_project / BASE)
+    text = "Emma ouvrit la fenêtre ; le jardin était plein de soleil."
+    assert tokenizer(text).input_ids == AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)(text).input_ids
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(converted(ids).logits, original(ids).logits, rtol=0, atol=0)  # the same floats
+    config = json.loads((real_project / BASE / "config.json").read_text())
+    assert "quantization_config" not in config and config["num_hidden_layers"] == 30
+
+
+def test_every_step_runs_on_the_real_model_and_2c_learns(real_project, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(real_project, project, symlinks=True)
+    gallica = [*TINY, "--seq-len", "64", "--validation-samples", "2", "--max-samples-per-book", "2",
+               "--validation-percent", "12", "--min-chars", "500"]
+    run_script(project, "1a_prepare_gallica_fullweight.py", *gallica, "--n-samples", "4")
+    run_script(project, "1b_prepare_gallica_QLoRA.py", *gallica, "--n-samples", "4")
+    run_script(project, "1c_prepare_kafka.py", *TINY, "--seq-len", "64", "--stride", "64")
+    clean = (stages.folder(project, "1c") / "clean_text.txt").read_text()
+    assert "Charles" in clean and "MADAME BOVARY" not in clean and "GUSTAVE FLAUBERT" not in clean  # heads gone
+    run_script(project, "2a_train_gallica_fullweight.py", *TINY, *TRAIN, "--max-steps", "1", "--lr", "1e-5")
+    run_script(project, "2b_train_gallica_QLoRA.py", *TRAIN, "--max-steps", "1", "--lr", "1e-4", "--lora-r", "8",
+               "--lora-alpha", "16")
+    run_script(project, "2c_train_kafka_QLoRA.py", *TRAIN, "--max-steps", "4", "--lr", "2e-3")
+    metrics = json.loads((stages.folder(project, "2c") / "metrics.json").read_text())
+    own = "eval_1c_kafka_loss"
+    assert metrics["validation_loss_end"][own] < metrics["validation_loss_start"][own], metrics  # it learns the novel
+    run_script(project, "3_continue_kafka.py", "--new-tokens", "24", "--context-tokens", "48", "--chunk-tokens", "12")
+    text = (project / "output" / "continuation_2c.md").read_text().split("\n---\n", 1)[1].strip()
+    assert len(text.split()) >= 5  # real words from the real tokenizer
