@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from chateau import models, stages, training
+from chateau import lineage, models, stages, training
 from chateau.cli import parse_settings, run, say, setting
 
 
@@ -61,22 +61,26 @@ def make_optimizer(model, settings):
 def main():
     settings = parse_settings(Settings, description=__doc__)
     project = training.begin(settings)
-
-    # 1. Model: bf16 weights on GPU for the stochastic-rounding optimizer, fp32 otherwise.
     base = stages.base_model_dir(project, settings.base_model)
-    tokenizer = models.load_tokenizer(base)
-    dtype = models.compute_dtype() if settings.optimizer == "adamw8bit_sr" else torch.float32
-    model = models.load_model(base, dtype=dtype, attn_implementation=settings.attn_implementation)
-    model.config.use_cache = False  # no KV cache while training (checkpointing recomputes)
+    inputs = lineage.train_inputs(project, ["1a"], base) if (base / "config.json").exists() else {}
+    with training.stage_run(settings, "2a", inputs) as run:
+        if run.already_done:
+            return
 
-    # 2. Data: 1a's samples, checked against this tokenizer and context.
-    train_data, validation = training.load_data(project, "1a", [], tokenizer, model.config.max_position_embeddings,
-                                                settings.max_eval_samples)
+        # 1. Model: bf16 weights on GPU for the stochastic-rounding optimizer, fp32 otherwise.
+        tokenizer = models.load_tokenizer(base)
+        dtype = models.compute_dtype() if settings.optimizer == "adamw8bit_sr" else torch.float32
+        model = models.load_model(base, dtype=dtype, attn_implementation=settings.attn_implementation)
+        model.config.use_cache = False  # no KV cache while training (checkpointing recomputes)
 
-    # 3. Train.
-    optimizers = (make_optimizer(model, settings), None) if settings.optimizer == "adamw8bit_sr" else (None, None)
-    optim = "adamw_torch" if settings.optimizer == "adamw8bit_sr" else settings.optimizer
-    training.fit(settings, "2a", model, tokenizer, train_data, validation, optimizers=optimizers, optim=optim)
+        # 2. Data: 1a's samples, checked against this tokenizer and context.
+        train_data, validation = training.load_data(project, "1a", [], tokenizer, model.config.max_position_embeddings,
+                                                    settings.max_eval_samples)
+
+        # 3. Train.
+        optimizers = (make_optimizer(model, settings), None) if settings.optimizer == "adamw8bit_sr" else (None, None)
+        optim = "adamw_torch" if settings.optimizer == "adamw8bit_sr" else settings.optimizer
+        training.fit(settings, run, model, tokenizer, train_data, validation, optimizers=optimizers, optim=optim)
     say(f"2a done: model in {stages.folder(project, '2a')}. Next: python {stages.script_of('1b')} (if not done), "
         f"then python {stages.script_of('2b')}")
 

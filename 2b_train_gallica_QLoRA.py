@@ -34,7 +34,8 @@ class Settings(qlora.QLoRASettings):
 
 def main():
     settings = parse_settings(Settings, description=__doc__)
-    qlora.train(settings)
+    if qlora.train(settings) is None:
+        return
     say(f"2b done: adapter in {stages.folder(project_dir(settings.project_dir), '2b')}. "
         f"Next: python {stages.script_of('1c')} (if not done), then python {stages.script_of('2c')}")
 

@@ -41,10 +41,10 @@ class Settings(qlora.QLoRASettings):
 def main():
     settings = parse_settings(Settings, description=__doc__)
     project = project_dir(settings.project_dir)
-    qlora.train(settings)
-    if settings.merge and is_main_process():
-        merged = qlora.merge(project, settings.output)
-        say(f"2c done: adapter in {stages.folder(project, '2c')}, merged model in {merged}. "
+    merge = (lambda p: qlora.merge(p, settings.output)) if settings.merge and is_main_process() else None
+    if qlora.train(settings, then=merge) is not None:
+        say(f"2c done: adapter in {stages.folder(project, settings.output)}"
+            f"{', merged model in its merged/' if merge else ''}. "
             f"Next: python {stages.script_of('3')} (writes the continuation), or notebook.ipynb's scoreboard")
 
 

@@ -7,6 +7,7 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     KAFKA_PROJECT_DIR=/project \
+    PYTHONPATH=/app \
     HF_HOME=/project/.cache/huggingface \
     MPLCONFIGDIR=/tmp/matplotlib
 
@@ -14,13 +15,15 @@ ENV PYTHONUNBUFFERED=1 \
 COPY requirements.txt /app/requirements.txt
 RUN pip install -r /app/requirements.txt
 
-# Never root: a fixed uid so files written to the /project volume belong to a normal user.
-RUN useradd --create-home --uid 1000 kafka && mkdir -p /project && chown kafka:kafka /project /app
+# Never root: a fixed uid so files written to the /project volume belong to a normal user. The
+# code in /app belongs to root: the user reads and runs it, and cannot change it by accident.
+# Jupyter serves /project (PYTHONPATH finds the code from there).
+RUN useradd --create-home --uid 1000 kafka && mkdir -p /project && chown kafka:kafka /project
 WORKDIR /app
-COPY --chown=kafka:kafka *.py notebook.ipynb docker-entrypoint.sh /app/
-COPY --chown=kafka:kafka chateau /app/chateau
-COPY --chown=kafka:kafka dev /app/dev
-COPY --chown=kafka:kafka bench /app/bench
+COPY *.py notebook.ipynb docker-entrypoint.sh pyproject.toml /app/
+COPY chateau /app/chateau
+COPY dev /app/dev
+COPY bench /app/bench
 USER kafka
 
 VOLUME /project

@@ -58,6 +58,17 @@ def is_main_process():
     return rank() == 0
 
 
+def pid_alive(pid):
+    """Whether process `pid` still runs (a lock or staging folder of a dead run can be taken over)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def say(message):
     if is_main_process():
         print(message, flush=True)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from chateau import models, prepared, stages
+from chateau import lineage, models, prepared, stages
 from chateau.cleaning import clean_ocr_text, french_score
 from chateau.cli import StageError, positive, project_dir, setting
 from chateau.windows import book_split, book_windows
@@ -42,6 +42,10 @@ class GallicaSettings:
 
     def problems(self):
         out = positive(self, "n_samples", "seq_len", "max_samples_per_book", "validation_samples", "num_proc")
+        if 0 < self.seq_len < 2:
+            out.append(f"--seq-len must be >= 2: a {self.seq_len}-token sample has no next token to learn")
+        if not 0 <= self.min_ocr <= 100:
+            out.append(f"--min-ocr must be in [0, 100] (got {self.min_ocr})")
         if not 0 < self.validation_percent < 50:
             out.append("--validation-percent must be in (0, 50)")
         return out
@@ -86,12 +90,13 @@ class Processed(NamedTuple):
 
 
 def parse_ocr(value):
-    """Gallica's `ocr` column is a string ("96"); missing or odd values give None."""
+    """Gallica's `ocr` column is a string ("96", a percentage); missing or odd values (not a
+    number, or outside 0-100) give None."""
     try:
         score = float(value)
     except (TypeError, ValueError):
         return None
-    return score if math.isfinite(score) else None
+    return score if 0 <= score <= 100 else None
 
 
 def token_ids(tokenizer, text):
@@ -129,12 +134,26 @@ def parquet_files(corpus_dir):
     return files
 
 
+def open_parquet(path):
+    """A Gallica parquet file, checked: readable, with the columns the recipe reads."""
+    import pyarrow.parquet as pq
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises ArrowInvalid, OSError... for empty, truncated or non-parquet files
+        raise StageError(f"{path} is not a readable parquet file ({str(error).splitlines()[0][:120]}): "
+                         f"download it again or remove it") from None
+    missing = [c for c in COLUMNS if c not in parquet.schema_arrow.names]
+    if missing:
+        raise StageError(f"{path} has no column {', '.join(missing)} (it has {', '.join(parquet.schema_arrow.names)}): "
+                         f"it is not a PleIAs/French-PD-Books file; remove it")
+    return parquet
+
+
 def iter_books(files, step, settings):
     """This step's books, streamed in record batches. Books with a missing or low OCR score come
     with no text (nothing to send to a worker)."""
-    import pyarrow.parquet as pq
     for number, path in enumerate(files, 1):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=16, columns=COLUMNS):
+        for batch in open_parquet(path).iter_batches(batch_size=16, columns=COLUMNS):
             for file_id, ocr, text in zip(*(batch.column(c).to_pylist() for c in COLUMNS)):
                 book_step, split = book_split(file_id, settings.validation_percent)
                 if book_step != step:
@@ -144,6 +163,26 @@ def iter_books(files, step, settings):
                     yield Book(number, file_id, split, None, "missing_ocr" if score is None else "low_ocr")
                 else:
                     yield Book(number, file_id, split, text or "", None)
+
+
+def shortfall_message(written, quota, counts, settings, n_files):
+    """What to do when the corpus gave fewer samples than asked: more files only when more files
+    would help; otherwise the real cause."""
+    if counts["books_read"] == 0:
+        return (f"the {n_files} parquet files hold no book for this step (half of the books go to 1a, half to 1b): "
+                f"they are empty, or too few; download more with notebook.ipynb (section 1)")
+    if written["train"] == 0 and counts["skipped_too_short"] == counts["books_read"] - sum(
+            counts[f"skipped_{k}"] for k in ("missing_ocr", "low_ocr", "not_french")):
+        return (f"no book is longer than one {settings.seq_len}-token sample (--seq-len) after --min-chars "
+                f"{settings.min_chars}: lower --seq-len")
+    if written["validation"] == 0:
+        return (f"no book of the {counts['books_read']} read was held out for validation: raise --validation-percent "
+                f"(now {settings.validation_percent}) or add parquet files")
+    files_read = max(1, counts["files_read"])
+    message = (f"the corpus gives {written['train']} of {quota['train']} training and {written['validation']} of "
+               f"{quota['validation']} validation samples from {files_read} parquet files: about "
+               f"{shortfall(written, quota, files_read)} more files are needed (notebook.ipynb, section 1)")
+    return message if settings.allow_fewer else message + ", or pass --allow-fewer to go on with fewer"
 
 
 def shortfall(written, quota, files_read):
@@ -195,9 +234,16 @@ def cut_samples(files, step, settings, tokenizer, writer):
 def prepare(settings, step):
     """The whole recipe of step 1a or 1b."""
     project = project_dir(settings.project_dir)
-    tokenizer = models.load_tokenizer(stages.base_model_dir(project, settings.base_model))
+    base = stages.base_model_dir(project, settings.base_model)
+    tokenizer = models.load_tokenizer(base)
+    models.check_context(base, settings.seq_len)
     files = parquet_files(project / stages.GALLICA_DIR)
     out_dir = stages.folder(project, step)
+    with lineage.StageLock(out_dir, step):
+        _prepare(settings, step, project, tokenizer, files, out_dir)
+
+
+def _prepare(settings, step, project, tokenizer, files, out_dir):
     identity = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("project_dir", "num_proc", "overwrite")}
     identity |= {"sources": {os.path.relpath(f, project): prepared.file_digest(f) for f in files},
                  "tokenizer_fingerprint": models.tokenizer_fingerprint(tokenizer)}
@@ -214,12 +260,9 @@ def prepare(settings, step):
         # 2. Too small a corpus: say what it gives and what more is needed.
         quota = {"train": settings.n_samples, "validation": settings.validation_samples}
         if written != quota:
-            message = (f"the corpus gives {written['train']} of {quota['train']} training and {written['validation']} of "
-                       f"{quota['validation']} validation samples from {max(1, counts['files_read'])} parquet files: "
-                       f"about {shortfall(written, quota, counts['files_read'])} more files are needed "
-                       f"(notebook.ipynb, section 1)")
+            message = shortfall_message(written, quota, counts, settings, len(files))
             if not settings.allow_fewer or 0 in written.values():
-                raise StageError(message + ", or pass --allow-fewer to go on with fewer")
+                raise StageError(message)
             print(f"warning: {message}; going on with fewer (--allow-fewer)")
 
         # 3. Publish: final shards, settings and manifest, swapped in atomically.

@@ -52,6 +52,8 @@ def load_stage(project, stage, base_model=stages.BASE_MODEL):
         raise StageError(f"unknown stage {stage!r}: expected one of {', '.join(stages.MODEL_STAGES)}")
     path = stage_path(project, stage, base_model)
     hint = models.DOWNLOAD_HINT if stage == "base" else stages.stage(stage).hint()
+    if stage != "base" and not (stages.folder(project, stage) / "metrics.json").exists():
+        raise StageError(f"step {stage} is not finished (no metrics.json in {stages.folder(project, stage)}): {hint}")
     marker = "adapter_config.json" if stage == "2b" else "config.json"
     models.require(path / marker, f"the {stage} model", hint)
     if stage == "2b":

@@ -49,6 +49,22 @@ def load_tokenizer(model_dir, fix=DOWNLOAD_HINT):
     return AutoTokenizer.from_pretrained(model_dir)  # trust_remote_code stays off
 
 
+def check_context(model_dir, seq_len):
+    """Refuse samples longer than the model's context before preparing any."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    positions = config.get("max_position_embeddings")
+    if positions and seq_len > positions:
+        raise StageError(f"--seq-len {seq_len} is longer than the model's context ({positions} tokens, {model_dir}): "
+                         f"use --seq-len {positions} or less")
+
+
+def check_weights(model_dir):
+    """A model folder must hold weights, not just a config."""
+    if not any(Path(model_dir).glob("*.safetensors")) and not any(Path(model_dir).glob("*.bin")):
+        raise StageError(f"{model_dir} has a config.json but no model weights (*.safetensors): download the model "
+                         f"again (notebook.ipynb, section 1) or rerun the step that writes it")
+
+
 def tokenizer_fingerprint(tokenizer):
     """Identity of a tokenizer: its vocabulary and special ids. Data prepared with one tokenizer is
     garbage to a model trained with another, so the train steps compare this with the manifest."""
@@ -73,8 +89,15 @@ def load_model(model_dir, dtype=None, attn_implementation="sdpa", fix=DOWNLOAD_H
     """A full-precision model at `dtype` (default: compute_dtype()), whatever dtype it was saved in."""
     from transformers import AutoModelForCausalLM
     require(Path(model_dir) / "config.json", "model", fix)
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or compute_dtype(), device_map=device_map(),
-                                                attn_implementation=attn_implementation)
+    check_weights(model_dir)
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or compute_dtype(), device_map=device_map(),
+                                                    attn_implementation=attn_implementation)
+    except Exception as error:  # truncated or corrupt weights: safetensors, OSError, ValueError...
+        if "out of memory" in str(error).lower():
+            raise
+        raise StageError(f"the model in {model_dir} cannot be loaded ({str(error).splitlines()[0][:160]}): "
+                         f"download it again or rerun the step that writes it") from None
 
 
 def load_model_4bit(model_dir, attn_implementation="sdpa"):
@@ -83,6 +106,7 @@ def load_model_4bit(model_dir, attn_implementation="sdpa"):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     require(Path(model_dir) / "config.json", "model", "run the previous training step first")
+    check_weights(model_dir)
     quantization = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype(),

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from chateau import models, stages
-from chateau.cli import StageError, save_settings
+from chateau.cli import StageError, pid_alive, save_settings
 
 INPUT_IDS = "input_ids"
 SPLITS = ("train", "validation")
@@ -87,7 +87,7 @@ class PreparedWriter:
     def __enter__(self):
         from datasets.arrow_writer import ArrowWriter
         for left in self.out_dir.parent.glob(f".{self.out_dir.name}.partial-*"):
-            if not _alive(int(left.name.rsplit("-", 1)[1])):  # a killed run's leftovers: free the space
+            if not pid_alive(int(left.name.rsplit("-", 1)[1])):  # a killed run's leftovers: free the space
                 shutil.rmtree(left, ignore_errors=True)
         shutil.rmtree(self.staging, ignore_errors=True)
         self.staging.mkdir(parents=True)
@@ -109,6 +109,8 @@ class PreparedWriter:
         for writer in self.writers.values():
             writer.finalize()
         final = self.staging / "final"
+        if not all(self.rows.values()):  # datasets cannot load an empty split back; later steps need both
+            raise StageError(f"{self.out_dir}: no {', no '.join(s for s in SPLITS if not self.rows[s])} samples to write")
         DatasetDict({s: Dataset.from_file(str(self.staging / f"{s}.arrow")) for s in SPLITS}).save_to_disk(str(final))
         for extra in self.staging.glob("*.txt"):
             extra.rename(final / extra.name)
@@ -122,16 +124,6 @@ class PreparedWriter:
         if kind is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
         return False
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _swap_in(staging, out_dir):

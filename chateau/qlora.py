@@ -5,7 +5,7 @@ the adapter merged into 2a's full-precision weights."""
 import shutil
 from dataclasses import dataclass
 
-from chateau import models, stages, training
+from chateau import lineage, models, stages, training
 from chateau.cli import positive, setting
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -51,24 +51,35 @@ def qlora_model(settings, project, base_dir):
     return get_peft_model(model, config)
 
 
-def train(settings):
-    """The QLoRA recipe: 2b runs it as it is, 2c with its own settings. Returns the metrics."""
+def train(settings, then=None):
+    """The QLoRA recipe: 2b runs it as it is, 2c with its own settings. `then(project)` runs
+    after training, under the stage's lock (2c's merge). Returns the metrics, or None when the
+    stage was already trained from the same inputs and settings."""
     from peft import get_peft_model_state_dict
     project = training.begin(settings)
-
-    # 1. Model: 2a's weights in 4-bit, LoRA on top.
     base_dir = training.require_trained(project, "2a")
-    tokenizer = models.load_tokenizer(base_dir)
-    model = qlora_model(settings, project, base_dir)
-    adapter_start = models.tensor_digest(get_peft_model_state_dict(model))
+    if settings.adapter_from:
+        training.require_trained(project, settings.adapter_from)
+    reads = ["2a", settings.data, *settings.eval_stages(), *([settings.adapter_from] if settings.adapter_from else [])]
+    with training.stage_run(settings, settings.output, lineage.train_inputs(project, reads)) as run:
+        if run.already_done:
+            return None
 
-    # 2. Data: this step's samples; validation on them and on the earlier steps' data.
-    train_data, validation = training.load_data(project, settings.data, settings.eval_stages(), tokenizer,
-                                                model.config.max_position_embeddings, settings.max_eval_samples)
+        # 1. Model: 2a's weights in 4-bit, LoRA on top.
+        tokenizer = models.load_tokenizer(base_dir)
+        model = qlora_model(settings, project, base_dir)
+        adapter_start = models.tensor_digest(get_peft_model_state_dict(model))
 
-    # 3. Train.
-    return training.fit(settings, settings.output, model, tokenizer, train_data, validation,
-                        extra_metrics={"adapter_digest_start": adapter_start, "adapter_from": settings.adapter_from})
+        # 2. Data: this step's samples; validation on them and on the earlier steps' data.
+        train_data, validation = training.load_data(project, settings.data, settings.eval_stages(), tokenizer,
+                                                    model.config.max_position_embeddings, settings.max_eval_samples)
+
+        # 3. Train.
+        metrics = training.fit(settings, run, model, tokenizer, train_data, validation,
+                               extra_metrics={"adapter_digest_start": adapter_start, "adapter_from": settings.adapter_from})
+        if then is not None:
+            then(project)
+        return metrics
 
 
 def merge(project, adapter_stage="2c"):

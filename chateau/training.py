@@ -2,6 +2,7 @@
 (validation before training, generated samples, tokens/s, clean stop on SIGTERM/SIGINT, resume
 from the last complete checkpoint, metrics.json). The steps themselves say which model, which data
 and which optimizer; this module is how any of them is trained."""
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from chateau import generation, models, prepared, stages
+from chateau import generation, lineage, models, prepared, stages
 from chateau.cli import Interrupted, StageError, group, is_main_process, positive, project_dir, rank, save_settings, say, setting
 
 
@@ -45,15 +46,27 @@ class TrainSettings:
     sample: generation.Sampling = group(generation.Sampling, "sample", "how the samples are drawn (seeded by step)")
     resume: str = setting("auto", "auto (latest complete checkpoint) | never | PATH of a checkpoint")
     record_batches: bool = setting(False, "write a digest of every batch each rank trains on (checks data order and sharding)")
+    overwrite: bool = setting(False, "train a finished stage again (from other inputs or settings); the finished model stays until the new run starts")
     seed: int = setting(0, "seed of initialization, data order and sampling")
 
     def problems(self):
+        """Everything the Trainer, the optimizer or the sampler would reject later, checked before
+        any file is touched."""
         out = positive(self, "batch_size", "grad_accum", "lr", "eval_steps", "save_steps", "logging_steps",
-                       "max_eval_samples", "save_total_limit")
+                       "max_eval_samples", "save_total_limit", "max_grad_norm")
         out += positive(self, "max_steps", allow=(-1,)) + self.sample.problems(prefix="sample-")
-        if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
-            out.append(f"--resume must be auto, never or a checkpoint folder (got {self.resume})")
+        out += [f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})"
+                for name in ("warmup_steps", "weight_decay", "seed", "sample_steps") if getattr(self, name) < 0]
+        if not math.isfinite(self.lr) or self.lr > 1:
+            out.append(f"--lr {self.lr} cannot train: learning rates are ~1e-5 to 1e-2")
+        if self.attn_implementation not in ATTENTION:
+            out.append(f"--attn-implementation must be one of {', '.join(ATTENTION)} (got {self.attn_implementation})")
+        if self.resume not in ("auto", "never") and not is_complete_checkpoint(self.resume):
+            out.append(f"--resume must be auto, never or a complete checkpoint folder (got {self.resume})")
         return out
+
+
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
 def collate(rows):
@@ -72,8 +85,12 @@ def is_complete_checkpoint(path):
     return state.get("global_step") == int(Path(path).name.rsplit("-", 1)[-1])
 
 
+def checkpoint_step(path):
+    return int(Path(path).name.rsplit("-", 1)[-1])
+
+
 def latest_checkpoint(output_dir):
-    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=checkpoint_step)
     complete = [c for c in checkpoints if is_complete_checkpoint(c)]
     return str(complete[-1]) if complete else None
 
@@ -83,6 +100,7 @@ def require_trained(project, stage):
     out = stages.folder(project, stage)
     if not (out / "metrics.json").exists():
         raise StageError(f"step {stage}'s output is missing or incomplete at {out}: {stages.stage(stage).hint()}")
+    lineage.check_current(project, stage)
     return out
 
 
@@ -92,6 +110,9 @@ def validation_sets(project, data_stages, tokenizer, max_positions, max_samples)
     for stage in data_stages:
         data, _ = prepared.load_prepared(project, stage, tokenizer, max_positions)
         validation = data["validation"]
+        if len(validation) == 0:
+            raise StageError(f"{stages.folder(project, stage)} has no validation samples: prepare it again with a "
+                             f"validation share (`python {stages.script_of(stage)} --overwrite`, default settings)")
         out[stages.stage(stage).run_name] = validation.select(range(min(max_samples, len(validation))))
     return out
 
@@ -155,6 +176,24 @@ class GenerateSamples(TrainerCallback):
             self.generate(model, state.global_step)
 
 
+class StopOnNonFinite(TrainerCallback):
+    """A training loss that is NaN or infinite stops the run: nothing after it can be right."""
+
+    def __init__(self):
+        self.bad, self.last_good_step = None, 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        if math.isfinite(loss):
+            self.last_good_step = state.global_step
+        elif self.bad is None:
+            self.bad = (state.global_step, loss)
+            control.should_training_stop = True
+            control.should_save = False
+
+
 class RecordStart(TrainerCallback):
     """Keeps the validation losses of the evaluation before the first step (eval_on_start)."""
 
@@ -199,6 +238,39 @@ def peak_memory_gib():
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # CPU: peak RSS (KiB -> GiB)
 
 
+@dataclasses.dataclass
+class Run:
+    """What a train step's run will do, decided before anything is loaded or changed."""
+    stage: str
+    output_dir: Path
+    identity: dict
+    resume: str | None = None      # the checkpoint to resume from
+    already_done: bool = False     # finished from the same inputs and settings: nothing to do
+
+
+def plan_run(settings, stage, inputs):
+    """Decide, changing nothing: already trained (same identity: say so, exit 0), train again
+    (--overwrite), resume from a checkpoint of the same run, or start. A finished stage trained
+    from other inputs or settings, or checkpoints of another run, need --overwrite."""
+    output_dir = stages.folder(project_dir(settings.project_dir), stage)
+    identity = lineage.identity(settings, inputs)
+    run_file = output_dir / "run.json"
+    previous = json.loads(run_file.read_text()) if run_file.exists() else None
+    finished = (output_dir / "metrics.json").exists()
+    if finished and not settings.overwrite:
+        if previous == identity:
+            return Run(stage, output_dir, identity, already_done=True)
+        raise StageError(f"{output_dir} holds a finished model trained from other inputs or settings: pass --overwrite "
+                         f"to train it again (the finished model stays until the new run starts)")
+    if finished or settings.overwrite:
+        return Run(stage, output_dir, identity)  # train again from the start
+    resume = {"never": None, "auto": latest_checkpoint(output_dir)}.get(settings.resume, settings.resume)
+    if resume and previous is not None and previous != identity:
+        raise StageError(f"the checkpoints in {output_dir} come from a run with other inputs or settings: pass "
+                         f"--resume never (or --overwrite) to start over")
+    return Run(stage, output_dir, identity, resume=resume)
+
+
 def training_arguments(settings, output_dir, evaluate_first, optim="adamw_torch"):
     """The Trainer's arguments from a step's settings: cosine to 10% of the peak after warm-up,
     bf16 and fused kernels on GPU, checkpoints every --save-steps."""
@@ -219,36 +291,37 @@ def training_arguments(settings, output_dir, evaluate_first, optim="adamw_torch"
     )
 
 
-def forget_earlier_runs(output_dir, log_dir, start_file, resume):
-    """Until this run writes metrics.json again the stage is not finished (the next step refuses
-    it); a fresh start also drops the logs and samples of earlier runs, which would mix in."""
+def forget_earlier_runs(run, log_dir, start_file):
+    """Called once the new run is known to start. Until it writes metrics.json again the stage is
+    not finished (the next step refuses it); a fresh start also drops the checkpoints, logs and
+    samples of earlier runs, which would mix in. run.json records what this run is made from."""
     if not is_main_process():
         return
-    (output_dir / "metrics.json").unlink(missing_ok=True)
-    if not resume:
+    (run.output_dir / "metrics.json").unlink(missing_ok=True)
+    if not run.resume:
         shutil.rmtree(log_dir, ignore_errors=True)
-        for stale in [start_file, output_dir / "samples.jsonl", *output_dir.glob("batches-rank*.txt")]:
+        for checkpoint in run.output_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        for stale in [start_file, run.output_dir / "samples.jsonl", *run.output_dir.glob("batches-rank*.txt")]:
             stale.unlink(missing_ok=True)
+    (run.output_dir / "run.json").write_text(json.dumps(run.identity, indent=2, ensure_ascii=False) + "\n")
 
 
-def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimizers=(None, None), optim="adamw_torch", extra_metrics=None):
+def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizers=(None, None), optim="adamw_torch", extra_metrics=None):
     """Train `model` with the Trainer and write the stage's output, metrics.json last.
 
     eval_datasets: {name: Dataset}; the first is the stage's own validation set, the others show
     forgetting (e.g. French after Kafka). Returns the metrics dict. Raises Interrupted after
     saving a checkpoint when stopped by a signal.
     """
-    project = project_dir(settings.project_dir)
-    output_dir = stages.folder(project, stage)
+    project, stage, output_dir = project_dir(settings.project_dir), run.stage, run.output_dir
     log_dir = project / "runs" / stages.stage(stage).run_name
     output_dir.mkdir(parents=True, exist_ok=True)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
     seq_len = len(train_dataset[0]["input_ids"])
     world = int(os.environ.get("WORLD_SIZE", 1))
     tokens_per_step = settings.batch_size * settings.grad_accum * seq_len * world
-    resume = {"never": None, "auto": latest_checkpoint(output_dir)}.get(settings.resume, settings.resume)
-    if resume and not is_complete_checkpoint(resume):
-        raise StageError(f"{resume} is not a complete checkpoint: pass --resume auto to take the latest complete one")
+    resume = run.resume
     if sum(p.numel() for p in model.parameters() if p.requires_grad) == 0:
         raise StageError("the model has no trainable parameters: nothing would be learned")
     # Validation before training runs inside train() (eval_on_start), once the model is wrapped for
@@ -256,48 +329,65 @@ def fit(settings, stage, model, tokenizer, train_dataset, eval_datasets, optimiz
     # run keeps the first run's numbers.
     start_file = output_dir / "eval_start.json"
     evaluate_first = not (resume and start_file.exists())  # decided alike on every rank
-    forget_earlier_runs(output_dir, log_dir, start_file, resume)
     args = training_arguments(settings, output_dir, evaluate_first, optim)
     # Samples continue a passage of the novel's held-out slice (or of this stage's held-out data
     # until the novel is prepared), unless --sample-prompt says otherwise.
     own_data = next(s for s in stages.stage(stage).reads if s in stages.PREPARE_STAGES)
     prompt = settings.sample.prompt or generation.held_out_prompts(project, tokenizer, 1, fallback=own_data)[0]
-    stopper, sampler = StopOnSignal(), GenerateSamples(settings, tokenizer, output_dir, log_dir, prompt)
+    stopper, sampler, finite = StopOnSignal(), GenerateSamples(settings, tokenizer, output_dir, log_dir, prompt), StopOnNonFinite()
     trainer = CurriculumTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_datasets,
         data_collator=collate, processing_class=tokenizer, optimizers=optimizers,
-        callbacks=[stopper, sampler, RecordStart(start_file)],
+        callbacks=[stopper, sampler, finite, RecordStart(start_file)],
         tokens_per_step=tokens_per_step,
         record_batches_to=output_dir / f"batches-rank{rank()}.txt" if settings.record_batches else None,
     )
 
+    forget_earlier_runs(run, log_dir, start_file)  # everything is checked: the run starts
     began = time.time()
     try:
-        trainer.train(resume_from_checkpoint=resume)
+        if resume and 0 < settings.max_steps <= checkpoint_step(resume):
+            # Killed after its last checkpoint but before it finished: the checkpoint is the
+            # trained model. (Trainer.train would still take a step past --max-steps.)
+            from transformers import TrainerState
+            trainer._load_from_checkpoint(resume)
+            trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        else:
+            trainer.train(resume_from_checkpoint=resume)
     except torch.OutOfMemoryError:
         last = latest_checkpoint(output_dir)
         raise StageError(
             f"CUDA out of memory at --batch-size {settings.batch_size} with {seq_len}-token samples: lower --batch-size "
             f"(raise --grad-accum to keep the tokens per step), then the prepare step's --seq-len; "
             f"the last checkpoint ({last or 'none yet'}) stays usable") from None
+    if finite.bad is not None:
+        step, value = finite.bad
+        good = [c for c in output_dir.glob("checkpoint-*") if checkpoint_step(c) <= finite.last_good_step]
+        last = max(good, key=checkpoint_step, default=None)
+        raise StageError(f"{stage}: the training loss became {value} at step {step}: the run stopped and the stage is not "
+                         f"finished; lower --lr (now {settings.lr}) or check the data (last good checkpoint: {last or 'none'})")
     start = json.loads(start_file.read_text())
     say(f"{stage}: validation before training: " + ", ".join(f"{k}={v:.4f}" for k, v in start.items()))
     if stopper.received:
         raise Interrupted(stopper.received, f"{stage}: stopped by {stopper.received} at step {trainer.state.global_step}; "
                                             f"checkpoint saved in {latest_checkpoint(output_dir)}. Rerun the same command to resume.")
-    metrics = finish(settings, stage, trainer, sampler, start, began, tokens_per_step, extra_metrics)
+    metrics = finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra_metrics)
     primary = f"eval_{next(iter(eval_datasets))}_loss"
     say(f"{stage}: validation loss {start[primary]:.4f} -> {metrics['validation_loss_end'][primary]:.4f} "
         f"(perplexity {metrics['perplexity_start']:.1f} -> {metrics['perplexity_end']:.1f}) in {metrics['steps']} steps")
     return metrics
 
 
-def finish(settings, stage, trainer, sampler, start, began, tokens_per_step, extra_metrics):
+def finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra_metrics):
     """Final validation, the model (or adapter) + tokenizer as safetensors, a last sample, the
-    settings, and metrics.json last: the mark of a finished stage."""
-    output_dir, model = Path(trainer.args.output_dir), trainer.model
+    settings, and metrics.json last: the mark of a finished stage (never with a non-finite loss)."""
+    stage, output_dir, model = run.stage, run.output_dir, trainer.model
     end = trainer.evaluate()
     primary = f"eval_{next(iter(trainer.eval_dataset))}_loss"
+    bad = {k: v for k, v in {**start, **end}.items() if k.endswith("_loss") and not math.isfinite(v)}
+    if bad:
+        raise StageError(f"{stage}: validation loss is not finite ({', '.join(f'{k}={v}' for k, v in bad.items())}): "
+                         f"the stage is not finished; check the prepared data (--seq-len) and lower --lr")
     cuda = torch.cuda.is_available()
     metrics = {
         "stage": stage, "validation_loss_start": start,
@@ -307,7 +397,7 @@ def finish(settings, stage, trainer, sampler, start, began, tokens_per_step, ext
         "wall_time_s": round(time.time() - began, 1), "peak_memory_gib": peak_memory_gib(),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "world_size": int(os.environ.get("WORLD_SIZE", 1)), "device": "cuda" if cuda else "cpu",
-        **(extra_metrics or {}),
+        **(extra_metrics or {}), "identity": run.identity,
     }
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
@@ -318,6 +408,18 @@ def finish(settings, stage, trainer, sampler, start, began, tokens_per_step, ext
         trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
         (output_dir / f"weights-rank{rank()}.txt").write_text(models.tensor_digest(trained) + "\n")
     return metrics
+
+
+@contextlib.contextmanager
+def stage_run(settings, stage, inputs):
+    """`with stage_run(...) as run:` the stage's lock for the whole run (one run at a time per
+    stage; taken by the main process) and the plan (plan_run), which says when it is already done."""
+    folder = stages.folder(project_dir(settings.project_dir), stage)
+    with lineage.StageLock(folder, stage) if is_main_process() else contextlib.nullcontext():
+        run = plan_run(settings, stage, inputs)
+        if run.already_done:
+            say(f"already trained: {folder} (same inputs and settings; pass --overwrite to train it again)")
+        yield run
 
 
 def begin(settings):
