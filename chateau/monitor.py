@@ -50,3 +50,20 @@ def latest_samples(project, train_stages=stages.TRAIN_STAGES, n=1):
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             out[stage] = [(r["step"], r["text"]) for r in rows[-n:]]
     return out
+
+
+def exported_files(project):
+    """[(path, MiB)] of every GGUF file step 4 wrote, with the Modelfiles beside them."""
+    return [(path, round(path.stat().st_size / 2**20, 1))
+            for stage in stages.TRAIN_STAGES for path in sorted((stages.folder(project, stage) / "gguf").glob("*"))
+            if path.suffix == ".gguf" or path.name == "Modelfile"]
+
+
+def run_export(project, *flags):
+    """Step 4 (4_export_gguf.py) as the terminal would run it; returns its output."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / stages.script_of("4")
+    out = subprocess.run([sys.executable, str(script), "--project-dir", str(project), *flags], text=True, capture_output=True)
+    return out.stdout + out.stderr

@@ -16,7 +16,7 @@ class Stage:
     script: str          # the numbered script that makes it
     output: str          # its output folder, relative to the project folder
     reads: tuple         # the stages (or "base", "gallica", "novel") it is made from
-    kind: str            # "prepare" (a DatasetDict), "train" (a model or adapter) or "write" (text)
+    kind: str            # "prepare" (a DatasetDict), "train" (a model or adapter), "write" (text), "export" (GGUF)
 
     @property
     def run_name(self):
@@ -38,6 +38,7 @@ TABLE = (
     Stage("2b", "2b_train_gallica_QLoRA.py", "models/2b_gallica_qlora", ("2a", "1b", "1a"), "train"),
     Stage("2c", "2c_train_kafka_QLoRA.py", "models/2c_kafka_qlora", ("2a", "2b", "1c", "1b"), "train"),
     Stage("3", "3_continue_kafka.py", "output", ("2c", "1c"), "write"),
+    Stage("4", "4_export_gguf.py", "models/2c_kafka_qlora/gguf", ("2c",), "export"),
 )
 STAGES = {stage.name: stage for stage in TABLE}
 PREPARE_STAGES = tuple(s.name for s in TABLE if s.kind == "prepare")  # ("1a", "1b", "1c")

@@ -122,7 +122,8 @@ def test_notebook_runs_top_to_bottom(pipeline, monkeypatch):
     from nbclient import NotebookClient
     project = pipeline[0]
     notebook = nbformat.read(ROOT / "notebook.ipynb", as_version=4)
-    for name, value in dict(KAFKA_PROJECT_DIR=str(project), KAFKA_NEW_TOKENS="40", KAFKA_SCOREBOARD_SAMPLES="2").items():
+    for name, value in dict(KAFKA_PROJECT_DIR=str(project), KAFKA_NEW_TOKENS="40", KAFKA_SCOREBOARD_SAMPLES="2",
+                            KAFKA_EXPORT="1").items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws the figures
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
@@ -131,4 +132,5 @@ def test_notebook_runs_top_to_bottom(pipeline, monkeypatch):
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the curves were drawn
     assert "Gallica not needed" in text and "model already" in text and "novel already" in text
     assert "novel_perplexity" in text and "=== 2c" in text
+    assert "kafka-chateau-q8_0.gguf" in text and "MiB" in text  # the export ran and its files are listed
     assert (project / "output" / "scoreboard.json").exists()

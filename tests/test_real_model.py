@@ -69,3 +69,13 @@ def test_every_step_runs_on_the_real_model_and_2c_learns(real_project, tmp_path)
     run_script(project, "3_continue_kafka.py", "--new-tokens", "24", "--context-tokens", "48", "--chunk-tokens", "12")
     text = (project / "output" / "continuation_2c.md").read_text().split("\n---\n", 1)[1].strip()
     assert len(text.split()) >= 5  # real words from the real tokenizer
+
+    # Step 4 on a byte-level BPE model with tied embeddings: both types read back by transformers.
+    run_script(project, "4_export_gguf.py", "--name", "smol")
+    record = json.loads((stages.folder(project, "2c") / "gguf" / "export.json").read_text())
+    f16, q8 = record["smol-f16.gguf"]["round_trip"], record["smol-q8_0.gguf"]["round_trip"]
+    print("real-model round trip:", {"f16": f16, "q8_0": q8},
+          {name: r["bytes"] for name, r in record.items()})
+    assert f16["tokenizer_same_ids"] and q8["tokenizer_same_ids"]
+    assert f16["top1_agreement"] >= 0.99 and abs(f16["perplexity_gguf"] / f16["perplexity_source"] - 1) < 0.002
+    assert q8["top1_agreement"] >= 0.99 and abs(q8["perplexity_gguf"] / q8["perplexity_source"] - 1) < 0.01

@@ -1,0 +1,79 @@
+"""Step 4: GGUF export, checked by a round trip through transformers' own GGUF reader."""
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+
+from chateau import stages
+from conftest import one_error_line, run_script
+
+EXPORT = "4_export_gguf.py"
+
+
+@pytest.fixture(scope="module")
+def exported(pipeline, tmp_path_factory):
+    project = tmp_path_factory.mktemp("export") / "p"
+    shutil.copytree(pipeline[0], project, ignore=shutil.ignore_patterns("checkpoint-*"))
+    out = run_script(project, EXPORT)
+    return project, out
+
+
+def test_both_types_round_trip_through_transformers(exported):
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    project, out = exported
+    gguf_dir = stages.folder(project, "2c") / "gguf"
+    merged = stages.folder(project, "2c") / "merged"
+    record = json.loads((gguf_dir / "export.json").read_text())
+    assert "Next:" in out.stdout.strip().splitlines()[-1]
+    source = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    rows = torch.tensor(load_from_disk(str(stages.folder(project, "1c")))["validation"]["input_ids"][:4])
+    page = (stages.folder(project, "1c") / "clean_text.txt").read_text()[:3000]
+    with torch.no_grad():
+        reference = source(rows).logits
+        for kind in ("f16", "q8_0"):
+            path = gguf_dir / f"kafka-chateau-{kind}.gguf"
+            model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=path.name, dtype=torch.float32)
+            logits = model(rows).logits
+            tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=path.name)
+            assert tokenizer(page).input_ids == AutoTokenizer.from_pretrained(merged)(page).input_ids
+            agreement = (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()
+            if kind == "f16":
+                # float16 keeps 11 significant bits (relative error <= 2^-11 per weight): through this
+                # 2-layer model the logits (spread ~3) move by a few thousandths at most.
+                torch.testing.assert_close(logits, reference, atol=1e-2, rtol=0)
+            assert agreement >= 0.99, (kind, agreement)
+            trip = record[path.name]["round_trip"]
+            assert trip["top1_agreement"] >= 0.99 and trip["tokenizer_same_ids"]
+            assert abs(trip["perplexity_gguf"] / trip["perplexity_source"] - 1) < 0.01
+    modelfile = (gguf_dir / "Modelfile").read_text()
+    assert "FROM ./kafka-chateau-q8_0.gguf" in modelfile and "PARAMETER temperature 0.8" in modelfile
+    assert "TEMPLATE" in modelfile and "<|" not in modelfile  # a completion model: no chat template
+
+
+def test_rerun_says_already_exported_and_a_half_written_file_is_never_taken_for_finished(exported):
+    project, _ = exported
+    gguf_dir = stages.folder(project, "2c") / "gguf"
+    digest = lambda: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in gguf_dir.glob("*.gguf")}
+    before = digest()
+    again = run_script(project, EXPORT, "--verify", "false")
+    assert again.stdout.count("already exported") == 2 and digest() == before
+    q8 = gguf_dir / "kafka-chateau-q8_0.gguf"
+    q8.write_bytes(q8.read_bytes()[: q8.stat().st_size // 2])  # as if the disk filled up mid-write
+    (gguf_dir / "kafka-chateau-f16.gguf.partial").write_bytes(b"GGUF")  # an interrupted export's leftover
+    out = run_script(project, EXPORT, "--verify", "false")
+    assert "already exported" in out.stdout and "writing" in out.stdout and digest() == before
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--stage", "2b"], "--stage"), (["--types", "q4"], "--types"), (["--name", "a/b"], "--name")])
+def test_bad_settings_are_refused(flags, expected, pipeline):
+    out = run_script(pipeline[0], EXPORT, *flags, check=False)
+    assert out.returncode == 2 and expected in out.stderr.split("invalid settings:")[1]
+
+
+def test_an_unfinished_stage_is_not_exported(fresh_project):
+    project, _ = fresh_project
+    one_error_line(run_script(project, EXPORT, check=False), "2c_train_kafka_QLoRA.py")
