@@ -20,14 +20,13 @@ of gradient checkpointing is not counted (MFU, not HFU).
 """
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from chateau import models, monitor, stages
+from chateau import models, stages, training
 from dev import fixtures
 from dev.runner import ROOT, run_script, script_env
 
@@ -44,7 +43,7 @@ VARIANTS = [
     ("2a", "bs 16", ["--batch-size", "16"]),
     ("2a", "no checkpointing, bs 4", ["--gradient-checkpointing", "false", "--batch-size", "4"]),
     ("2a", "torch.compile", ["--torch-compile"]),
-    ("2a", "liger kernels", ["--liger-kernel"]),
+    ("2a", "liger kernels", ["--liger-kernel"]),       # needs `pip install liger-kernel`: a row with its reason if not
     ("2b", "default (bs 2, checkpointing)", []),
     ("2b", "bs 4", ["--batch-size", "4"]),
     ("2b", "no checkpointing, bs 1", ["--gradient-checkpointing", "false", "--batch-size", "1"]),
@@ -84,8 +83,21 @@ def build_project(project, shape, n_train):
             "tokenizer_fingerprint": models.tokenizer_fingerprint(tokenizer)}}))
 
 
+def scratch_copy(prepared_project, scratch, stage=None):
+    """A variant's own project: the prepared starting point hard-linked (instant, no disk), without
+    the folder the variant writes (its files would be truncated in place through the links), so no
+    variant can damage the starting point or another variant."""
+    import os
+    import shutil
+    shutil.rmtree(scratch, ignore_errors=True)
+    own = stages.folder(prepared_project, stage) if stage else None
+    shutil.copytree(prepared_project, scratch, copy_function=os.link,
+                    ignore=lambda folder, names: [n for n in names if Path(folder) / n == own])
+    return scratch
+
+
 def run_stage(project, stage, flags, steps, cap):
-    """One run of a train script; returns (tokens/s after warm-up, peak GiB) or the error's last line."""
+    """One run of a train script; returns (tokens/s after warm-up, peak GiB, note)."""
     common_flags = ["--max-steps", str(steps), "--grad-accum", "1", "--logging-steps", "1", "--eval-steps", "100000",
                     "--save-steps", "100000", "--sample-steps", "0", "--max-eval-samples", "2", "--resume", "never",
                     "--warmup-steps", "0"]
@@ -93,22 +105,50 @@ def run_stage(project, stage, flags, steps, cap):
     out = run_script(project, stages.script_of(stage), *common_flags, *extra, *flags, check=False,
                      python=(sys.executable, "-m", "bench.capped", str(cap or 0)))
     if out.returncode != 0:
-        return None, None, (out.stderr.strip().splitlines() or ["failed"])[-1][:100]
-    scalars = monitor.read_scalars(project / "runs" / stages.stage(stage).run_name)
-    speeds = [v for step, v in scalars.get("train/tokens_per_second", []) if step > max(2, steps // 4)]  # after warm-up
+        lines = out.stderr.strip().splitlines() or ["failed"]
+        return None, None, "out of memory" if "out of memory" in out.stderr.lower() else lines[-1][:100]
     metrics = json.loads((stages.folder(project, stage) / "metrics.json").read_text())
-    return statistics.median(speeds) if speeds else None, metrics["peak_memory_gib"], ""
+    tps = training.tokens_per_second(metrics["step_end_times"], metrics["tokens_per_step"], warmup=max(2, steps // 4))
+    return tps, metrics["peak_memory_gib"] if metrics["device"] == "cuda" else None, ""
 
 
 def run_baseline(project, stage, batch_size, steps, cap):
-    """The plain recipe a user would write (bench/plain_trainer.py), in its own process."""
-    out = subprocess.run([sys.executable, "-m", "bench.plain_trainer", str(project), stage, str(batch_size), str(steps),
-                          str(cap or 0)], env=script_env(project), cwd=ROOT, text=True, capture_output=True)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-    if not lines:
-        return None, None, (out.stderr.strip().splitlines() or ["failed"])[-1][:100]
-    tps, peak = json.loads(lines[0][7:])
-    return tps, peak, ""
+    """The plain recipe a user would write (bench/plain_trainer.py), in its own process. Out of
+    memory under the cap: recorded, then retried at half the batch until one fits."""
+    notes = []
+    while batch_size >= 1:
+        out = subprocess.run([sys.executable, "-m", "bench.plain_trainer", str(project), stage, str(batch_size), str(steps),
+                              str(cap or 0)], env=script_env(project), cwd=ROOT, text=True, capture_output=True)
+        lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+        if lines and lines[0] == "RESULT OOM":
+            notes.append(f"bs {batch_size}: out of memory")
+            batch_size //= 2
+            continue
+        if not lines:
+            return batch_size, None, None, "; ".join(notes + [(out.stderr.strip().splitlines() or ["failed"])[-1][:100]])
+        tps, peak = json.loads(lines[0][7:])
+        return batch_size, tps, peak, "; ".join(notes)
+    return 0, None, None, "; ".join(notes)
+
+
+def plan(chosen):
+    """Rows in priority order: each stage's default first, then the baselines (the ratio needs
+    them), then the levers. (stage, label, flags) with flags None for a baseline."""
+    defaults = [(s, label, flags) for s, label, flags in VARIANTS if s in chosen and label.startswith("default")]
+    baselines = [(s, "baseline", None) for s in chosen]
+    levers = [(s, label, flags) for s, label, flags in VARIANTS if s in chosen and not label.startswith("default")]
+    return defaults + baselines + levers
+
+
+def format_rows(rows, shape, peak_flops):
+    lines = [f"{'stage':5} {'configuration':38} {'peak GiB':>8} {'tokens/s':>9} {'MFU':>6} {'x base':>6}  note"]
+    for stage, label, tps, peak, note in rows:
+        base_tps = next((r[2] for r in rows if r[0] == stage and r[1].startswith("baseline")), None)
+        mfu = tps * flops_per_token(shape, SEQ[stage], stage != "2a") / peak_flops if tps and peak_flops else None
+        cell = lambda x, spec, width: format(x, spec) if x is not None else "-".rjust(width)
+        lines.append(f"{stage:5} {label:38} {cell(peak, '8.2f', 8)} {cell(tps, '9.0f', 9)} "
+                     f"{cell(mfu and 100 * mfu, '5.1f', 5)}% {cell(tps and base_tps and tps / base_tps, '6.2f', 6)}  {note}")
+    return "\n".join(lines)
 
 
 def main():
@@ -117,37 +157,45 @@ def main():
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (warm-up: the first quarter)")
     parser.add_argument("--memory-cap-gib", type=float, default=None, help="cap GPU memory, e.g. 12")
     parser.add_argument("--only", default="", help="comma-separated stages to run (default: all)")
+    parser.add_argument("--budget-s", type=float, default=480,
+                        help="stop starting rows that would not finish within this many seconds (one 600 s command, with margin)")
+    parser.add_argument("--out", type=Path, default=Path("train_bench.txt"), help="the table, rewritten after every row")
     args = parser.parse_args()
     import torch
+    began = time.time()
     cuda = torch.cuda.is_available()
     shape = TINY if args.tiny else REAL
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     peak_flops = next((v for k, v in PEAKS.items() if k in device), None)
-    project = Path(tempfile.mkdtemp(prefix="train_bench_"))
-    began = time.time()
-    build_project(project, shape, n_train=max(64, args.steps * 16))
-    print(f"device: {device}; peak {peak_flops / 1e12 if peak_flops else '?'} TFLOP/s bf16; cap {args.memory_cap_gib} GiB; "
-          f"{time.strftime('%Y-%m-%d')}; torch {torch.__version__}", flush=True)
-    stages = [s for s in ("2a", "2b", "2c") if not args.only or s in args.only.split(",")]
-    rows = []
-    if "2c" in stages and "2b" not in stages:  # 2c continues 2b's adapter: make one, unmeasured
-        run_stage(project, "2b", [], 2, args.memory_cap_gib)
-    for stage in stages:
-        base_bs = {"2a": 8, "2b": 2, "2c": 2}[stage]
-        base = run_baseline(project, stage, base_bs, args.steps, args.memory_cap_gib)
-        rows.append((stage, f"baseline: plain Trainer{' + peft' if stage != '2a' else ''}, bs {base_bs}", *base))
-        for v_stage, label, flags in VARIANTS:
-            if v_stage == stage:
+    work = Path(tempfile.mkdtemp(prefix="train_bench_"))
+    prepared_project = work / "prepared"
+    build_project(prepared_project, shape, n_train=max(64, args.steps * 16))
+    chosen = [s for s in ("2a", "2b", "2c") if not args.only or s in args.only.split(",")]
+    if "2c" in chosen:  # 2c continues 2b's adapter: make one in the starting point, unmeasured
+        run_stage(prepared_project, "2b", [], 2, args.memory_cap_gib)
+    header = (f"device: {device}; peak {peak_flops / 1e12 if peak_flops else '?'} TFLOP/s bf16; cap {args.memory_cap_gib} GiB; "
+              f"{time.strftime('%Y-%m-%d')}; torch {torch.__version__}; {args.steps} steps per row")
+    print(header, flush=True)
+    rows, took = [], {}
+    for stage, label, flags in plan(chosen):
+        left = args.budget_s - (time.time() - began)
+        if took.get(stage, 0) > left:
+            rows.append((stage, label, None, None, f"skipped: ~{took[stage]:.0f} s, {left:.0f} s left"))
+        else:
+            started = time.time()
+            # A baseline reads 2a's model and writes only its own folder; a step writes its stage's.
+            project = scratch_copy(prepared_project, work / "variant", stage if flags is not None else None)
+            if flags is None:
+                bs, tps, peak, note = run_baseline(project, stage, {"2a": 8, "2b": 2, "2c": 2}[stage], args.steps,
+                                                   args.memory_cap_gib)
+                rows.append((stage, f"baseline: plain Trainer{' + peft' if stage != '2a' else ''}, bs {bs}", tps, peak, note))
+            else:
                 rows.append((stage, label, *run_stage(project, stage, flags, args.steps, args.memory_cap_gib)))
-                print(f"  {rows[-1]}", flush=True)
-    print(f"\n{'stage':5} {'configuration':34} {'peak GiB':>8} {'tokens/s':>9} {'MFU':>6} {'x base':>6}  note")
-    for stage, label, tps, peak, note in rows:
-        base_tps = next((r[2] for r in rows if r[0] == stage and r[1].startswith("baseline")), None)
-        mfu = tps * flops_per_token(shape, SEQ[stage], stage != "2a") / peak_flops if tps and peak_flops else None
-        cell = lambda x, spec, width: format(x, spec) if x is not None else "-".rjust(width)
-        print(f"{stage:5} {label:34} {cell(peak, '8.2f', 8)} {cell(tps, '9.0f', 9)} {cell(mfu and 100 * mfu, '5.1f', 5)}% "
-              f"{cell(tps and base_tps and tps / base_tps, '6.2f', 6)}  {note}")
-    print(f"\n{time.time() - began:.0f} s")
+            took[stage] = max(took.get(stage, 0), time.time() - started)
+        table = format_rows(rows, shape, peak_flops)
+        args.out.write_text(f"{header}\n\n{table}\n")  # a cut-off run still leaves its figures
+        print(f"  {rows[-1]}", flush=True)
+    print(f"\n{table}\n\n{time.time() - began:.0f} s; table in {args.out}")
 
 
 if __name__ == "__main__":

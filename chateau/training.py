@@ -176,6 +176,25 @@ class GenerateSamples(TrainerCallback):
             self.generate(model, state.global_step)
 
 
+class StepClock(TrainerCallback):
+    """The time at the end of every optimizer step (perf_counter seconds): the one clock the
+    benchmark reads for this step and for its plain-Trainer baseline (tokens_per_second)."""
+
+    def __init__(self):
+        self.times = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the step's kernels are done, not just queued
+        self.times.append(time.perf_counter())
+
+
+def tokens_per_second(step_times, tokens_per_step, warmup=2):
+    """Throughput between optimizer-step ends, after `warmup` steps (compilation, allocator)."""
+    times = step_times[warmup:]
+    return (len(times) - 1) * tokens_per_step / (times[-1] - times[0]) if len(times) > 1 else None
+
+
 class StopOnNonFinite(TrainerCallback):
     """A training loss that is NaN or infinite stops the run: nothing after it can be right."""
 
@@ -335,10 +354,11 @@ def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizer
     own_data = next(s for s in stages.stage(stage).reads if s in stages.PREPARE_STAGES)
     prompt = settings.sample.prompt or generation.held_out_prompts(project, tokenizer, 1, fallback=own_data)[0]
     stopper, sampler, finite = StopOnSignal(), GenerateSamples(settings, tokenizer, output_dir, log_dir, prompt), StopOnNonFinite()
+    clock = StepClock()
     trainer = CurriculumTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_datasets,
         data_collator=collate, processing_class=tokenizer, optimizers=optimizers,
-        callbacks=[stopper, sampler, finite, RecordStart(start_file)],
+        callbacks=[stopper, sampler, finite, clock, RecordStart(start_file)],
         tokens_per_step=tokens_per_step,
         record_batches_to=output_dir / f"batches-rank{rank()}.txt" if settings.record_batches else None,
     )
@@ -371,6 +391,8 @@ def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizer
     if stopper.received:
         raise Interrupted(stopper.received, f"{stage}: stopped by {stopper.received} at step {trainer.state.global_step}; "
                                             f"checkpoint saved in {latest_checkpoint(output_dir)}. Rerun the same command to resume.")
+    extra_metrics = {**(extra_metrics or {}), "tokens_per_step": tokens_per_step,
+                     "step_end_times": [round(t, 4) for t in clock.times]}
     metrics = finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra_metrics)
     primary = f"eval_{next(iter(eval_datasets))}_loss"
     say(f"{stage}: validation loss {start[primary]:.4f} -> {metrics['validation_loss_end'][primary]:.4f} "
