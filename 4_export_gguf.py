@@ -20,7 +20,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from chateau import generation, gguf_files, lineage, prepared, stages
+from chateau import generation, gguf_files, lineage, stages
 from chateau.cli import StageError, parse_settings, project_dir, run, say, setting
 
 EXPORTABLE = ("2a", "2c")  # full models (2b is an adapter: its merge into 2a is what 2c writes)

@@ -11,9 +11,15 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HOME=/project/.cache/huggingface \
     MPLCONFIGDIR=/tmp/matplotlib
 
-# The pinned torch is the CUDA build on PyPI for Linux x86_64 (CUDA runtime libraries included).
+# The pinned torch from PyPI is the CUDA 13 build (CUDA runtime libraries included): it needs an
+# NVIDIA driver of the 580 series or newer. For an older driver, build the same torch version for
+# CUDA 12 from PyTorch's own index:
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 -t kafka .
+ARG TORCH_INDEX_URL=
 COPY requirements.txt /app/requirements.txt
-RUN pip install -r /app/requirements.txt
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+      pip install --index-url "$TORCH_INDEX_URL" "$(grep -E '^torch==' /app/requirements.txt | cut -d' ' -f1)"; \
+    fi && pip install -r /app/requirements.txt
 
 # Never root: a fixed uid so files written to the /project volume belong to a normal user. The
 # code in /app belongs to root: the user reads and runs it, and cannot change it by accident.

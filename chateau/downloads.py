@@ -11,7 +11,6 @@ import os
 import re
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
 from tqdm.auto import tqdm
 

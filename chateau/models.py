@@ -3,6 +3,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -29,9 +30,42 @@ def compute_dtype():
     return torch.bfloat16 if use_cuda() else torch.float32
 
 
+# The oldest NVIDIA driver series for each CUDA major version PyTorch's wheels are built with.
+MIN_DRIVER = {"13": 580, "12": 525, "11": 450}
+
+
+def nvidia_driver_version():
+    """The NVIDIA kernel driver's version ("535.104.05"), or None where there is no NVIDIA GPU."""
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)", text)
+    return match.group(1) if match else None
+
+
+def driver_problem():
+    """The one line that says why a present NVIDIA GPU cannot be used (a driver older than this
+    PyTorch's CUDA needs), or None."""
+    import torch
+    if torch.version.cuda is None or use_cuda():
+        return None
+    driver = nvidia_driver_version()
+    needed = MIN_DRIVER.get(torch.version.cuda.split(".")[0])
+    if driver is None or needed is None or int(driver.split(".")[0]) >= needed:
+        return None
+    return (f"the NVIDIA driver {driver} is too old for this PyTorch (CUDA {torch.version.cuda}): driver {needed} or "
+            f"newer is needed. Update the driver, or build the image for CUDA 12 "
+            f"(docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 -t kafka .)")
+
+
 def warn_if_cpu():
-    """Say once that there is no GPU, and turn torch.compile (used by torchao's optimizer step)
-    off on CPU: compiling costs ~20 s per tensor shape there, and eager mode computes the same."""
+    """Refuse a GPU the driver cannot serve (one line, not a CUDA traceback); say once that there
+    is no GPU, and turn torch.compile (used by torchao's optimizer step) off on CPU: compiling
+    costs ~20 s per tensor shape there, and eager mode computes the same."""
+    problem = driver_problem()
+    if problem:
+        raise StageError(problem)
     if not use_cuda():
         os.environ["TORCHDYNAMO_DISABLE"] = "1"
         print("warning: no CUDA GPU found: running on CPU (slow; fine for the tiny demo and the tests)", file=sys.stderr)

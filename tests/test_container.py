@@ -4,6 +4,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,3 +60,39 @@ def test_the_code_in_the_image_is_not_the_users_to_change():
     copies = [l for l in lines if l.startswith("COPY ") and "requirements" not in l]
     assert copies and not any("--chown" in l for l in copies)  # root's files: readable, not writable, by the user
     assert any(l.startswith("PYTHONPATH=/app") or "PYTHONPATH=/app" in l for l in lines)
+
+
+def torch_install_command():
+    """The Dockerfile's RUN line that installs the requirements, as the shell sees it."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    return next(l.strip()[len("RUN "):] for l in text.splitlines() if l.startswith("RUN ") and "requirements.txt" in l)
+
+
+@pytest.mark.parametrize("index_url", ["", "https://download.pytorch.org/whl/cu126"])
+def test_the_cuda_12_build_argument_reaches_pip(tmp_path, index_url):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "pip").write_text(f'#!/bin/sh\necho "pip $*" >> {tmp_path / "calls"}\n')
+    (fake / "pip").chmod(0o755)
+    command = torch_install_command().replace("/app/requirements.txt", str(ROOT / "requirements.txt"))
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", TORCH_INDEX_URL=index_url)
+    subprocess.run(["sh", "-c", command], env=env, check=True)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    torch_pin = next(l for l in (ROOT / "requirements.txt").read_text().splitlines() if l.startswith("torch==")).split()[0]
+    if index_url:
+        assert calls[0] == f"pip install --index-url {index_url} {torch_pin}"  # the same version, for CUDA 12
+    assert calls[-1] == f"pip install -r {ROOT / 'requirements.txt'}" and len(calls) == (2 if index_url else 1)
+
+
+def test_a_driver_too_old_for_the_cuda_build_is_one_clear_line(monkeypatch):
+    import torch
+    from chateau import models
+    from chateau.cli import StageError
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "nvidia_driver_version", lambda: "535.104.05")
+    with pytest.raises(StageError) as error:
+        models.warn_if_cpu()
+    assert "535.104.05" in error.value.message and "580" in error.value.message and "cu126" in error.value.message
+    monkeypatch.setattr(models, "nvidia_driver_version", lambda: None)  # no NVIDIA GPU at all: a CPU run
+    models.warn_if_cpu()

@@ -5,7 +5,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import time
 
 import pytest
 import torch
@@ -208,7 +207,6 @@ def test_truncated_and_encrypted_pdfs_each_have_their_message(tmp_path):
     ("no_text_column", "no column complete_text"),
 ])
 def test_every_parquet_problem_names_the_file(tmp_path, content, expected):
-    import pyarrow as pa
     import pyarrow.parquet as pq
     fixtures.build_gallica(tmp_path / "g", n_files=1)
     path = tmp_path / "bad.parquet"
