@@ -131,12 +131,15 @@ def run_baseline(project, stage, batch_size, steps, cap):
     return 0, None, None, "; ".join(notes)
 
 
-def plan(chosen):
+def plan(chosen, lever_filter=""):
     """Rows in priority order: each stage's default first, then the baselines (the ratio needs
-    them), then the levers. (stage, label, flags) with flags None for a baseline."""
+    them), then the levers (those whose label contains one of `lever_filter`'s comma-separated
+    words; all when empty). (stage, label, flags) with flags None for a baseline."""
+    wanted = [w for w in lever_filter.split(",") if w]
     defaults = [(s, label, flags) for s, label, flags in VARIANTS if s in chosen and label.startswith("default")]
     baselines = [(s, "baseline", None) for s in chosen]
-    levers = [(s, label, flags) for s, label, flags in VARIANTS if s in chosen and not label.startswith("default")]
+    levers = [(s, label, flags) for s, label, flags in VARIANTS if s in chosen and not label.startswith("default")
+              and (not wanted or any(w in label for w in wanted))]
     return defaults + baselines + levers
 
 
@@ -157,6 +160,7 @@ def main():
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (warm-up: the first quarter)")
     parser.add_argument("--memory-cap-gib", type=float, default=None, help="cap GPU memory, e.g. 12")
     parser.add_argument("--only", default="", help="comma-separated stages to run (default: all)")
+    parser.add_argument("--levers", default="", help="comma-separated words: only the levers whose label has one (default: all)")
     parser.add_argument("--budget-s", type=float, default=480,
                         help="stop starting rows that would not finish within this many seconds (one 600 s command, with margin)")
     parser.add_argument("--out", type=Path, default=Path("train_bench.txt"), help="the table, rewritten after every row")
@@ -177,7 +181,7 @@ def main():
               f"{time.strftime('%Y-%m-%d')}; torch {torch.__version__}; {args.steps} steps per row")
     print(header, flush=True)
     rows, took = [], {}
-    for stage, label, flags in plan(chosen):
+    for stage, label, flags in plan(chosen, args.levers):
         left = args.budget_s - (time.time() - began)
         if took.get(stage, 0) > left:
             rows.append((stage, label, None, None, f"skipped: ~{took[stage]:.0f} s, {left:.0f} s left"))

@@ -49,6 +49,10 @@ def convert_gguf(gguf_path, out_dir, dtype="float32"):
 
 
 EXPORT_TYPES = ("f16", "q8_0")
+# In q8_0 files the embedding matrix and the output layer stay float16 (llama-quantize's
+# --token-embedding-type / --output-tensor-type f16): with tied embeddings the same matrix
+# scores every token of the vocabulary, and its 8-bit error reaches the logits directly.
+KEEP_F16 = ("token_embd.weight", "output.weight")
 _TOKEN_NORMAL, _TOKEN_UNKNOWN, _TOKEN_CONTROL, _TOKEN_UNUSED, _TOKEN_BYTE = 1, 2, 3, 5, 6
 
 
@@ -143,7 +147,7 @@ def export_gguf(model_dir, out_path, kind, name):
             raise StageError(f"{model_dir}: no GGUF name for tensor {hf_name}")
         if data.ndim == 1:  # norms stay float32, as llama.cpp keeps them
             writer.add_tensor(gguf_name, data.astype(np.float32))
-        elif kind == "q8_0" and data.shape[-1] % 32 == 0:
+        elif kind == "q8_0" and data.shape[-1] % 32 == 0 and gguf_name not in KEEP_F16:
             writer.add_tensor(gguf_name, quantize(data, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:  # f16, or a row that is no whole number of q8_0 blocks
             writer.add_tensor(gguf_name, data.astype(np.float16))

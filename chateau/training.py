@@ -148,12 +148,13 @@ class StopOnSignal(TrainerCallback):
 class GenerateSamples(TrainerCallback):
     """Every `sample_steps`, generate from the prompt; log to TensorBoard and samples.jsonl."""
 
-    def __init__(self, settings, tokenizer, output_dir, log_dir, prompt):
+    def __init__(self, settings, tokenizer, output_dir, log_dir, find_prompt):
         self.settings, self.tokenizer, self.path, self.log_dir = settings, tokenizer, Path(output_dir) / "samples.jsonl", log_dir
-        self.prompt, self.writer = prompt, None
+        self.find_prompt, self.prompt, self.writer = find_prompt, None, None
 
     def generate(self, model, step):
         sampling = self.settings.sample
+        self.prompt = self.prompt or self.find_prompt()  # looked up once, when the first sample is due
         model.eval()
         # Sampling draws from its own generator state: the training's RNG (data order, dropout)
         # stays as it was, so a run with samples trains exactly like one without.
@@ -352,8 +353,9 @@ def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizer
     # Samples continue a passage of the novel's held-out slice (or of this stage's held-out data
     # until the novel is prepared), unless --sample-prompt says otherwise.
     own_data = next(s for s in stages.stage(stage).reads if s in stages.PREPARE_STAGES)
-    prompt = settings.sample.prompt or generation.held_out_prompts(project, tokenizer, 1, fallback=own_data)[0]
-    stopper, sampler, finite = StopOnSignal(), GenerateSamples(settings, tokenizer, output_dir, log_dir, prompt), StopOnNonFinite()
+    find_prompt = lambda: settings.sample.prompt or generation.held_out_prompts(project, tokenizer, 1, fallback=own_data)[0]
+    stopper, finite = StopOnSignal(), StopOnNonFinite()
+    sampler = GenerateSamples(settings, tokenizer, output_dir, log_dir, find_prompt)
     clock = StepClock()
     trainer = CurriculumTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_datasets,

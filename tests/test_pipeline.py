@@ -26,7 +26,7 @@ def test_prepared_data_has_the_contracted_shape(pipeline):
         for split in ("train", "validation"):
             assert len(data[split]) > 0
             assert {len(row) for row in data[split]["input_ids"]} == {seq_len}
-        assert manifest["tokenizer_fingerprint"] and manifest["source_files"] and manifest["versions"]["torch"]
+        assert manifest["identity"]["tokenizer_fingerprint"] and manifest["identity"]["sources"] and manifest["versions"]["torch"]
         assert (out / "settings.json").exists()
     assert (stages.folder(project, "1c") / "clean_text.txt").read_text().strip()
 

@@ -57,8 +57,8 @@ def test_novel_windows_and_validation_slice(fresh_project):
 
 
 @pytest.mark.parametrize("content, expected", [
-    (b"", "not a readable PDF"),
-    (b"%PDF-1.4 garbage \x00\x01", "not a readable PDF"),
+    (b"", "is not a PDF"),
+    (b"%PDF-1.4 garbage \x00\x01", "is truncated"),
     (None, "no text layer"),
 ])
 def test_bad_pdfs_fail_with_one_clear_line(fresh_project, content, expected):

@@ -184,8 +184,9 @@ def test_cuda_out_of_memory_names_the_settings_to_lower(pipeline, tmp_path, monk
     monkeypatch.setattr(training.CurriculumTrainer, "train", out_of_memory)
     settings = two_a.Settings(project_dir=str(tmp_path), max_steps=2, batch_size=8, sample_steps=0)
     model = AutoModelForCausalLM.from_pretrained(project / stages.BASE_MODEL)
+    run = training.plan_run(settings, "2a", {})
     with pytest.raises(StageError) as error:
-        training.fit(settings, "2a", model, AutoTokenizer.from_pretrained(project / stages.BASE_MODEL),
+        training.fit(settings, run, model, AutoTokenizer.from_pretrained(project / stages.BASE_MODEL),
                      data["train"], {"1a": data["validation"]})
     assert "out of memory at --batch-size 8" in error.value.message and "--grad-accum" in error.value.message
     assert "--seq-len" in error.value.message
