@@ -75,6 +75,7 @@ def main():
 
     with lineage.StageLock(out_dir, "4"):
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
+        reference = None  # the source model in float32, loaded once for every file's check
         out_dir.mkdir(parents=True, exist_ok=True)
         for kind in settings.types.split(","):
             path = out_dir / f"{settings.name}-{kind}.gguf"
@@ -89,7 +90,11 @@ def main():
             gguf_files.export_gguf(source, path, kind, settings.name)
             done = {"source": model_digest, "stage": settings.stage, "bytes": path.stat().st_size}
             if settings.verify:
-                done["round_trip"] = gguf_files.round_trip(source, path, project)
+                if reference is None:
+                    import torch
+                    from transformers import AutoModelForCausalLM
+                    reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+                done["round_trip"] = gguf_files.round_trip(source, path, project, source=reference)
                 say(f"4: {path.name} read back: {done['round_trip']}")
             record[path.name] = done
             record_path.write_text(json.dumps(record, indent=2) + "\n")

@@ -6,6 +6,7 @@ a message and an exit code.
 """
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -41,6 +42,21 @@ def run(main):
     except Interrupted as stop:
         say(stop.message)
         raise SystemExit(stop.exit_code)
+    except OSError as error:
+        fix = DISK_FIXES.get(error.errno)
+        if fix is None:
+            raise
+        print(f"error: {error.strerror} writing {error.filename or 'the project folder'}: {fix}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+# What the user can do about the disk errors every step may meet while writing.
+DISK_FIXES = {
+    errno.ENOSPC: "free some disk space, then rerun the same command (unfinished work is never taken for finished)",
+    errno.EDQUOT: "free some of your disk quota, then rerun the same command",
+    errno.EROFS: "the project folder is read-only: mount it writable (docker run -v \"$PWD/project:/project\")",
+    errno.EACCES: "this user cannot write there: make the project folder writable by it (in the container: uid 1000)",
+}
 
 
 def project_dir(value=""):

@@ -159,17 +159,18 @@ def export_gguf(model_dir, out_path, kind, name):
     return Path(out_path)
 
 
-def round_trip(model_dir, gguf_path, project, max_windows=8):
-    """Read `gguf_path` back with transformers and compare it with `model_dir` on the novel's
-    held-out windows: top-1 next-token agreement, perplexities, the largest logit difference, and
-    whether the GGUF's tokenizer encodes a page of the novel to the same ids."""
+def round_trip(model_dir, gguf_path, project, max_windows=8, source=None):
+    """Read `gguf_path` back with transformers and compare it with `model_dir` (or the already
+    loaded float32 `source`) on the novel's held-out windows: top-1 next-token agreement,
+    perplexities, the largest logit difference, and whether the GGUF's tokenizer encodes a page of
+    the novel to the same ids."""
     import math
     import torch
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from chateau import stages
 
-    source = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    source = source or AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     exported = AutoModelForCausalLM.from_pretrained(Path(gguf_path).parent, gguf_file=Path(gguf_path).name,
                                                     dtype=torch.float32).eval()
     rows = load_from_disk(str(stages.folder(project, "1c")))["validation"]["input_ids"][:max_windows]

@@ -227,15 +227,17 @@ def test_odd_ocr_scores_are_skipped():
     assert gallica.parse_ocr("n/a") is None and gallica.parse_ocr(None) is None and gallica.parse_ocr("-3") is None
 
 
-def test_model_folders_without_loadable_weights_say_so(fresh_project):
-    project, _ = fresh_project
-    weights = project / stages.BASE_MODEL / "model.safetensors"
+def test_model_folders_without_loadable_weights_say_so(inputs_dir, tmp_path):
+    from chateau import models
+    folder = tmp_path / "model"
+    shutil.copytree(inputs_dir[0] / stages.BASE_MODEL, folder)
+    weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated
-    out = run_script(project, TWO_A, *tiny_flags(TWO_A), check=False)
-    assert out.returncode == 2
+    with pytest.raises(StageError, match="cannot be loaded"):
+        models.load_model(folder)
     weights.unlink()
-    out = run_script(project, TWO_A, *tiny_flags(TWO_A), check=False)
-    one_error_line(out, "no model weights")
+    with pytest.raises(StageError, match="no model weights"):
+        models.load_model(folder)
 
 
 @pytest.mark.parametrize("flags, expected", [

@@ -1,6 +1,7 @@
 """Every script: --help lists every setting with its default, unknown flags fail, problems are reported together."""
 import dataclasses
 import importlib
+import os
 import subprocess
 import sys
 
@@ -61,3 +62,16 @@ def test_project_dir_resolution(monkeypatch):
     assert str(project_dir("")) == "/somewhere" and str(project_dir("/x")) == "/x"
     monkeypatch.delenv("KAFKA_PROJECT_DIR")
     assert str(project_dir("")) == "/project"
+
+
+@pytest.mark.parametrize("code, expected", [(28, "free some disk space"), (30, "read-only"), (13, "writable")])
+def test_disk_errors_are_one_line_with_the_fix(code, expected, capsys):
+    from chateau.cli import run
+
+    def full_disk():
+        raise OSError(code, os.strerror(code), "/project/data/1a_gallica_fullweight")
+
+    with pytest.raises(SystemExit) as stop:
+        run(full_disk)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and expected in err[0] and "/project/data" in err[0]
