@@ -63,8 +63,8 @@ def main():
     project = training.begin(settings)
     base = stages.base_model_dir(project, settings.base_model)
     inputs = lineage.train_inputs(project, ["1a"], base) if (base / "config.json").exists() else {}
-    with training.stage_run(settings, "2a", inputs) as run:
-        if run.already_done:
+    with training.stage_run(settings, "2a", inputs) as this_run:
+        if this_run.already_done:
             return
 
         # 1. Model: bf16 weights on GPU for the stochastic-rounding optimizer, fp32 otherwise.
@@ -80,7 +80,7 @@ def main():
         # 3. Train.
         optimizers = (make_optimizer(model, settings), None) if settings.optimizer == "adamw8bit_sr" else (None, None)
         optim = "adamw_torch" if settings.optimizer == "adamw8bit_sr" else settings.optimizer
-        training.fit(settings, run, model, tokenizer, train_data, validation, optimizers=optimizers, optim=optim)
+        training.fit(settings, this_run, model, tokenizer, train_data, validation, optimizers=optimizers, optim=optim)
     say(f"2a done: model in {stages.folder(project, '2a')}. Next: python {stages.script_of('1b')} (if not done), "
         f"then python {stages.script_of('2b')}")
 
