@@ -163,7 +163,8 @@ def main():
     parser.add_argument("--levers", default="", help="comma-separated words: only the levers whose label has one (default: all)")
     parser.add_argument("--budget-s", type=float, default=480,
                         help="stop starting rows that would not finish within this many seconds (one 600 s command, with margin)")
-    parser.add_argument("--out", type=Path, default=Path("train_bench.txt"), help="the table, rewritten after every row")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "train_bench.txt",
+                        help="the table, rewritten after every row (on the lent GPU: $OUT/train_bench.txt)")
     args = parser.parse_args()
     import torch
     began = time.time()
