@@ -258,7 +258,9 @@ def build(project, model_stages=stages.MODEL_STAGES, n_samples=8, sampling=None,
     kept, notes = finished_stages(project, model_stages, base_model)
     for note in notes:
         print(f"scoreboard: skipped {note}")
-    tokenizer = models.load_tokenizer(generation.stage_path(project, kept[0], base_model)) if kept else None
+    # The tokenizer every stage shares (2b's folder holds only an adapter: its tokenizer is 2a's).
+    tokenizer_dir = generation.stage_path(project, next((s for s in kept if s != "2b"), "2a"), base_model)
+    tokenizer = models.load_tokenizer(tokenizer_dir) if kept else None
     refs = references(project, tokenizer, n_samples) if kept else None
     novel_validation = load_from_disk(str(stages.folder(project, "1c")))["validation"] if kept else None
     french_validation = load_from_disk(str(stages.folder(project, refs.french_stage)))["validation"] if kept else None
