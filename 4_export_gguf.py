@@ -90,10 +90,7 @@ def main():
             gguf_files.export_gguf(source, path, kind, settings.name)
             done = {"source": model_digest, "stage": settings.stage, "bytes": path.stat().st_size}
             if settings.verify:
-                if reference is None:
-                    import torch
-                    from transformers import AutoModelForCausalLM
-                    reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+                reference = reference or gguf_files.float_model(source)
                 done["round_trip"] = gguf_files.round_trip(source, path, project, source=reference)
                 say(f"4: {path.name} read back: {done['round_trip']}")
             record[path.name] = done

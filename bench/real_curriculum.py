@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from chateau import generation, scoreboard, stages
+from chateau import generation, models, scoreboard, stages
 from chateau.gguf_files import convert_gguf
 from dev import real_inputs
 from dev.runner import ROOT, ScriptFailed, run_script
@@ -177,7 +177,7 @@ def main():
     rows = scoreboard.build(project, n_samples=SAMPLES, sampling=sampling, max_eval_samples=12, base_model=BASE)
     print(scoreboard.format_table(rows), flush=True)
     side = generation.side_by_side(project, generation.Sampling(new_tokens=SAMPLE_TOKENS), base_model=BASE)
-    prompt = generation.held_out_prompts(project, scoreboard.models.load_tokenizer(project / BASE), 1)[0]
+    prompt = generation.held_out_prompts(project, models.load_tokenizer(project / BASE), 1)[0]
     side = {"prompt": prompt, **{stage: text[len(prompt):].strip() for stage, text in side.items()}}
     continuation = (project / "output" / "continuation_2c.md").read_text().split("\n---\n", 1)[1].strip()
     args.report.write_text(report(project, rows, side, continuation, time.time() - began, books))

@@ -111,6 +111,11 @@ def passages(text, n, min_words=15, max_words=60):
     return out
 
 
+def decode_rows(tokenizer, rows):
+    """Prepared samples (lists of ids) back to one text: how the scoreboard and the prompts read data."""
+    return " ".join(tokenizer.decode(row, skip_special_tokens=True) for row in rows)
+
+
 def held_out_prompts(project, tokenizer, n, fallback="1b"):
     """`n` passages of the novel's held-out slice (1c's validation windows, never trained on),
     or of the `fallback` step's held-out books when the novel is not prepared yet."""
@@ -119,7 +124,7 @@ def held_out_prompts(project, tokenizer, n, fallback="1b"):
         folder = stages.folder(project, stage)
         if (folder / "manifest.json").exists():
             rows = load_from_disk(str(folder))["validation"]["input_ids"][:64]
-            found = passages(" ".join(tokenizer.decode(row, skip_special_tokens=True) for row in rows), n)
+            found = passages(decode_rows(tokenizer, rows), n)
             if found:
                 return found
     raise StageError(f"no held-out text to take prompts from: {stages.stage('1c').hint()}, or give a prompt")

@@ -159,6 +159,13 @@ def export_gguf(model_dir, out_path, kind, name):
     return Path(out_path)
 
 
+def float_model(model_dir):
+    """A model folder loaded in float32 for comparisons, whatever dtype it was saved in."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
 def round_trip(model_dir, gguf_path, project, max_windows=8, source=None):
     """Read `gguf_path` back with transformers and compare it with `model_dir` (or the already
     loaded float32 `source`) on the novel's held-out windows: top-1 next-token agreement,
@@ -170,7 +177,7 @@ def round_trip(model_dir, gguf_path, project, max_windows=8, source=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from chateau import stages
 
-    source = source or AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    source = source or float_model(model_dir)
     exported = AutoModelForCausalLM.from_pretrained(Path(gguf_path).parent, gguf_file=Path(gguf_path).name,
                                                     dtype=torch.float32).eval()
     rows = load_from_disk(str(stages.folder(project, "1c")))["validation"]["input_ids"][:max_windows]

@@ -189,7 +189,7 @@ class References:
 
 def decoded_words(tokenizer, dataset, max_rows):
     rows = dataset.select(range(min(max_rows, len(dataset))))["input_ids"]
-    return words(" ".join(tokenizer.decode(row, skip_special_tokens=True) for row in rows))
+    return words(generation.decode_rows(tokenizer, rows))
 
 
 def references(project, tokenizer, n_prompts, chunk_words=1000, max_corpus_rows=2000):
