@@ -18,8 +18,8 @@ from chateau.cli import parse_settings, run
 Settings = gallica.Settings1b
 
 
-def main():
-    settings = parse_settings(Settings, description=__doc__)
+def main(argv=None):
+    settings = parse_settings(Settings, argv, description=__doc__)
     gallica.prepare(settings, "1b")
 
 

@@ -24,13 +24,13 @@ from chateau.windows import novel_windows
 
 @dataclass
 class Settings:
-    project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)")
+    project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)", identity=False)
     base_model: str = setting(stages.BASE_MODEL, stages.BASE_MODEL_HELP)
     seq_len: int = setting(2048, "tokens per window (TinyLlama's context)")
     stride: int = setting(512, "tokens between window starts: seq_len/stride = times each token is seen")
     validation_fraction: float = setting(0.05, "share of the book held out, from its middle (2c, the scoreboard and the sample prompts need it)")
     seed: int = setting(0, "seed of the window shuffle")
-    overwrite: bool = setting(False, "replace data prepared with other settings")
+    overwrite: bool = setting(False, "replace data prepared with other settings", identity=False)
 
     def problems(self):
         out = positive(self, "seq_len", "stride")
@@ -44,8 +44,8 @@ class Settings:
         return out
 
 
-def main():
-    settings = parse_settings(Settings, description=__doc__)
+def main(argv=None):
+    settings = parse_settings(Settings, argv, description=__doc__)
     project = project_dir(settings.project_dir)
     pdf = models.require(project / stages.NOVEL_PDF, "the novel's PDF",
                          "put the French translation there (notebook.ipynb, section 1, says where to get it)")
@@ -54,11 +54,8 @@ def main():
     models.check_context(base, settings.seq_len)
     out_dir = stages.folder(project, "1c")
     with lineage.StageLock(out_dir, "1c"):  # one run at a time: another one refuses
-        identity = {
-            "seq_len": settings.seq_len, "stride": settings.stride, "validation_fraction": settings.validation_fraction,
-            "seed": settings.seed, "sources": {stages.NOVEL_PDF: prepared.file_digest(pdf)},
-            "tokenizer_fingerprint": models.tokenizer_fingerprint(tokenizer),
-        }
+        identity = lineage.identity(settings, {"sources": {stages.NOVEL_PDF: prepared.file_digest(pdf)},
+                                               "tokenizer": models.tokenizer_fingerprint(tokenizer)})
         if prepared.already_prepared(out_dir, identity, settings.overwrite):
             print(f"already prepared: {out_dir} (pass --overwrite to redo it)")
             return
@@ -87,7 +84,8 @@ def main():
                 "train_windows": len(train_starts), "validation_windows": len(validation_starts)}})
         print(f"1c done: {len(train_starts)} training and {len(validation_starts)} validation windows of "
               f"{settings.seq_len} tokens from {len(ids)} tokens in {out_dir} (read {out_dir / 'clean_text.txt'}). "
-              f"Next: python {stages.script_of('2a')} (if not done), then {stages.script_of('2c')}")
+              f"Next: python {stages.script_of('2a')} (if not done), then "
+              f"{' or '.join(s.script for s in stages.TABLE if s.data == stages.NOVEL_DATA)}")
 
 
 if __name__ == "__main__":

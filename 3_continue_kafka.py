@@ -26,7 +26,7 @@ def chapter_sampling():
 @dataclass
 class Settings:
     project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)")
-    stage: str = setting("2c", f"model to continue with: {', '.join(stages.MODEL_STAGES)}")
+    stage: str = setting(stages.CURRICULUM_END, f"model to continue with: {', '.join(stages.MODEL_STAGES)}")
     base_model: str = setting(stages.BASE_MODEL, "the base model's folder (for --stage base), relative to the project folder or absolute")
     prompt_file: str = setting("", "file whose text is the prompt")
     context_tokens: int = setting(1536, "tokens of context the model sees (TinyLlama's 2048 minus one chunk)")
@@ -47,9 +47,9 @@ class Settings:
         return out
 
 
-def main():
-    settings = parse_settings(Settings, description=__doc__)
-    models.warn_if_cpu()
+def main(argv=None):
+    settings = parse_settings(Settings, argv, description=__doc__)
+    models.set_up_device()
     project = project_dir(settings.project_dir)
     sampling = settings.sampling
 
@@ -58,8 +58,8 @@ def main():
     if sampling.prompt or settings.prompt_file:
         prompt = sampling.prompt or Path(settings.prompt_file).read_text()
     else:
-        clean_text = models.require(stages.folder(project, "1c") / "clean_text.txt", "the novel's clean text",
-                                    stages.stage("1c").hint())
+        clean_text = models.require(stages.folder(project, stages.NOVEL_DATA) / "clean_text.txt", "the novel's clean text",
+                                    stages.stage(stages.NOVEL_DATA).hint())
         prompt = clean_text.read_text()
     if settings.context_tokens + settings.chunk_tokens > model.config.max_position_embeddings:
         raise StageError(f"--context-tokens + --chunk-tokens must fit the model's {model.config.max_position_embeddings} positions")
@@ -77,7 +77,7 @@ def main():
     shown = {k: v for k, v in vars(settings).items() if k not in ("project_dir", "output", "sampling")} | vars(sampling)
     header = "\n".join(f"- {k}: {v}" for k, v in shown.items())
     partial = out.with_suffix(".md.partial")
-    partial.write_text(f"# Le Château, continued ({settings.stage})\n\n{header}\n- model: {generation.stage_path(project, settings.stage, settings.base_model)}\n"
+    partial.write_text(f"# Le Château, continued ({settings.stage})\n\n{header}\n- model: {stages.model_dir(project, settings.stage, settings.base_model)}\n"
                        f"- generated tokens: {len(new_ids)}\n- written: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}\n\n"
                        f"---\n\n{text.strip()}\n")
     partial.rename(out)

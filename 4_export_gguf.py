@@ -23,13 +23,10 @@ from dataclasses import dataclass
 from chateau import generation, gguf_files, lineage, stages
 from chateau.cli import StageError, parse_settings, project_dir, run, say, setting
 
-EXPORTABLE = ("2a", "2c")  # full models (2b is an adapter: its merge into 2a is what 2c writes)
-
-
 @dataclass
 class Settings:
     project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)")
-    stage: str = setting("2c", f"finished stage to export: {' or '.join(EXPORTABLE)} (2c: its merged/ model)")
+    stage: str = setting(stages.CURRICULUM_END, f"finished stage to export: {', '.join(stages.EXPORTABLE)} (a merged stage: its merged/ model)")
     types: str = setting("f16,q8_0", f"comma-separated GGUF types: {', '.join(gguf_files.EXPORT_TYPES)}")
     name: str = setting("kafka-chateau", "file name stem: <name>-<type>.gguf, and the Ollama model's name")
     context: int = setting(2048, "context length written in the Modelfile (num_ctx)")
@@ -38,8 +35,8 @@ class Settings:
 
     def problems(self):
         out = []
-        if self.stage not in EXPORTABLE:
-            out.append(f"--stage must be {' or '.join(EXPORTABLE)} (got {self.stage})")
+        if self.stage not in stages.EXPORTABLE:
+            out.append(f"--stage must be one of {', '.join(stages.EXPORTABLE)}: stages with full weights (got {self.stage})")
         unknown = [t for t in self.types.split(",") if t not in gguf_files.EXPORT_TYPES]
         if unknown or not self.types:
             out.append(f"--types takes {', '.join(gguf_files.EXPORT_TYPES)} (got {self.types!r})")
@@ -62,14 +59,15 @@ def modelfile(gguf_name, settings):
             f"PARAMETER num_ctx {settings.context}\n")
 
 
-def main():
-    settings = parse_settings(Settings, description=__doc__)
+def main(argv=None):
+    settings = parse_settings(Settings, argv, description=__doc__)
     project = project_dir(settings.project_dir)
-    source = generation.stage_path(project, settings.stage)
+    source = stages.model_dir(project, settings.stage)
     if not (stages.folder(project, settings.stage) / "metrics.json").exists() or not (source / "config.json").exists():
         raise StageError(f"step {settings.stage}'s model is missing or unfinished at {source}: "
                          f"{stages.stage(settings.stage).hint()}")
-    out_dir = stages.folder(project, settings.stage) / "gguf"
+    lineage.check_current(project, settings.stage)
+    out_dir = stages.export_dir(project, settings.stage)
     record_path = out_dir / "export.json"
     model_digest = lineage.model_digest(source)
 

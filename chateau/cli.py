@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import errno
 import json
+import math
 import os
 import sys
 import typing
@@ -31,11 +32,12 @@ class Interrupted(Exception):
         self.exit_code = 130 if signal_name == "SIGINT" else 143  # 128 + the signal's number
 
 
-def run(main):
-    """Entry point of every script: a StageError becomes one clear line and exit code 2; a clean
-    stop on a signal says where the work was saved and exits 130 (SIGINT) or 143 (SIGTERM)."""
+def run(main, argv=None):
+    """Entry point of every script: `main(argv)` (argv None: the command line); a StageError
+    becomes one clear line and exit code 2; a clean stop on a signal says where the work was saved
+    and exits 130 (SIGINT) or 143 (SIGTERM)."""
     try:
-        main()
+        main(argv)
     except StageError as error:
         print(f"error: {error.message}", file=sys.stderr)
         raise SystemExit(2)
@@ -95,13 +97,22 @@ def say(message):
 # dataclass (e.g. the sampling settings) is a group: its fields become flags with the group's
 # prefix (`sample: Sampling` -> --sample-temperature), so a group is declared once and reused.
 
-def setting(default, help):
-    return dataclasses.field(default=default, metadata={"help": help})
+def setting(default, help, identity=True):
+    """A settings field. `identity=False` marks a setting that says how a run is executed, watched
+    or resumed (batch size per device, frequencies, kernels, folders), not what it makes: changing
+    it never makes a finished stage "other", and a run continues from its checkpoint."""
+    return dataclasses.field(default=default, metadata={"help": help, "identity": identity})
 
 
-def group(factory, prefix, help=""):
+def group(factory, prefix, help="", identity=True):
     """A nested settings group; its flags are `--<prefix>-<field>` (no prefix: `--<field>`)."""
-    return dataclasses.field(default_factory=factory, metadata={"prefix": prefix, "help": help})
+    return dataclasses.field(default_factory=factory, metadata={"prefix": prefix, "help": help, "identity": identity})
+
+
+def identity_settings(settings):
+    """The settings that decide what a run makes (every field not marked identity=False), as a dict."""
+    return {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v := getattr(settings, f.name)) else v
+            for f in dataclasses.fields(settings) if f.metadata.get("identity", True)}
 
 
 def _parse_bool(text):
@@ -140,9 +151,18 @@ def flag_names(cls):
 def parse_settings(cls, argv=None, description=None):
     """Build `cls` from the command line: `--field-name value` for each field (groups flattened),
     defaults shown by --help, unknown or abbreviated flags refused, then every problem from
-    `cls.problems()` reported at once."""
+    `cls.problems()` reported at once. `--config FILE` starts from a settings file (a stage's
+    settings.json, or a run profile under profiles/): flags given beside it override it."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="start from this settings file (JSON: a stage's settings.json or a profile); flags override it")
     defaults = cls()
+    config = _config_path(argv)
+    if config:
+        problem = load_config(defaults, config)
+        if problem:
+            parser.error(problem)
     fields = _flag_fields(cls, defaults)
     for index, (flag, _, kind, default, help) in enumerate(fields):
         parser.add_argument(flag, dest=f"f{index}", default=default, type=_parse_bool if kind is bool else kind,
@@ -152,10 +172,61 @@ def parse_settings(cls, argv=None, description=None):
     settings = defaults
     for index, (_, path, *_rest) in enumerate(fields):
         _set(settings, path, values[f"f{index}"])
-    problems = settings.problems() if hasattr(settings, "problems") else []
+    # NaN passes every comparison (`nan <= 0` is False): no setting of the project may be NaN or infinite.
+    problems = [f"{flag} must be a finite number (got {values[f'f{i}']})" for i, (flag, _, kind, *_r) in enumerate(fields)
+                if kind is float and not math.isfinite(values[f"f{i}"])]
+    problems += settings.problems() if hasattr(settings, "problems") else []
     if problems:
         parser.error("\n  ".join(["invalid settings:"] + problems))
+    if config:
+        given = [flag for flag, *_ in fields if any(a == flag or a.startswith(flag + "=") for a in argv)]
+        say(f"settings from {config}" + (f"; overridden on the command line: {', '.join(given)}" if given else ""))
     return settings
+
+
+def _config_path(argv):
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def load_config(settings, path):
+    """Apply the JSON settings file `path` onto `settings` (in place); returns a one-line problem
+    (unreadable file, unknown setting) or None."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except OSError as error:
+        return f"--config {path}: {error.strerror}"
+    except ValueError as error:
+        return f"--config {path} is not a JSON settings file ({error})"
+    if not isinstance(values, dict):
+        return f"--config {path} is not a JSON object of settings"
+
+    def apply(obj, values, prefix):
+        names = {f.name: f for f in dataclasses.fields(obj)}
+        unknown = [f"{prefix}{k}" for k in values if k not in names]
+        if unknown:
+            return f"--config {path}: unknown settings {', '.join(unknown)} (see --help)"
+        for key, value in values.items():
+            current = getattr(obj, key)
+            if dataclasses.is_dataclass(current):
+                if not isinstance(value, dict):
+                    return f"--config {path}: {prefix}{key} must be an object of settings"
+                problem = apply(current, value, f"{prefix}{key}.")
+                if problem:
+                    return problem
+            else:
+                if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+                    value = float(value)
+                if type(value) is not type(current):
+                    return f"--config {path}: {prefix}{key} must be a {type(current).__name__} (got {value!r})"
+                setattr(obj, key, value)
+        return None
+
+    return apply(settings, values, "")
 
 
 def _set(obj, path, value):
@@ -171,5 +242,20 @@ def positive(settings, *names, allow=()):
 
 
 def save_settings(settings, path):
-    """The final settings beside the artifacts they made."""
-    Path(path).write_text(json.dumps(dataclasses.asdict(settings), indent=2, ensure_ascii=False) + "\n")
+    """The final settings beside the artifacts they made (`--config` reads them back)."""
+    write_atomic(path, json.dumps(dataclasses.asdict(settings), indent=2, ensure_ascii=False) + "\n")
+
+
+def write_atomic(path, text):
+    """Write a file whole or not at all: a temporary file beside it, flushed to disk, renamed over
+    it. A kill or a full disk leaves the old file (or none), never a truncated one."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(partial, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

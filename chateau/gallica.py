@@ -27,7 +27,7 @@ MIN_LETTER_SHARE, MIN_FUNCTION_WORD_SHARE = 0.75, 0.12
 
 @dataclasses.dataclass
 class GallicaSettings:
-    project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)")
+    project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)", identity=False)
     base_model: str = setting(stages.BASE_MODEL, stages.BASE_MODEL_HELP)
     n_samples: int = setting(0, "training samples to cut")
     seq_len: int = setting(0, "tokens per sample")
@@ -37,8 +37,8 @@ class GallicaSettings:
     min_ocr: float = setting(80.0, "skip books whose OCR quality (the `ocr` column) is below this")
     min_chars: int = setting(2000, "skip books shorter than this (characters, before cleaning)")
     allow_fewer: bool = setting(False, "when the corpus is too small, go on with the samples it gives")
-    num_proc: int = setting(os.cpu_count() or 1, "worker processes for cleaning and tokenizing")
-    overwrite: bool = setting(False, "replace data prepared with other settings")
+    num_proc: int = setting(os.cpu_count() or 1, "worker processes for cleaning and tokenizing", identity=False)
+    overwrite: bool = setting(False, "replace data prepared with other settings", identity=False)
 
     def problems(self):
         out = positive(self, "n_samples", "seq_len", "max_samples_per_book", "validation_samples", "num_proc")
@@ -244,9 +244,8 @@ def prepare(settings, step):
 
 
 def _prepare(settings, step, project, tokenizer, files, out_dir):
-    identity = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("project_dir", "num_proc", "overwrite")}
-    identity |= {"sources": {os.path.relpath(f, project): prepared.file_digest(f) for f in files},
-                 "tokenizer_fingerprint": models.tokenizer_fingerprint(tokenizer)}
+    identity = lineage.identity(settings, {"sources": {os.path.relpath(f, project): prepared.file_digest(f) for f in files},
+                                           "tokenizer": models.tokenizer_fingerprint(tokenizer)})
     if prepared.already_prepared(out_dir, identity, settings.overwrite):
         print(f"already prepared: {out_dir} (pass --overwrite to redo it)")
         return
@@ -271,7 +270,7 @@ def _prepare(settings, step, project, tokenizer, files, out_dir):
                    "validation_books": len(books_in["validation"])}
         writer.publish(settings, {"identity": identity, "counts": counts, "books": books_in})
     seconds = time.perf_counter() - began
-    nxt = {"1a": stages.script_of("2a"), "1b": f"{stages.script_of('2b')} (after 2a)"}[step]
+    nxt = " or ".join(s.script for s in stages.TABLE if s.data == step)
     print(f"{step} done: {written['train']} training + {written['validation']} validation samples of "
           f"{settings.seq_len} tokens from {counts['books_used']} books in {out_dir}; {counts['tokens_read']:,} tokens "
           f"tokenized in {seconds:.1f} s ({counts['tokens_read'] / seconds:,.0f} tokens/s). Next: python {nxt}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from chateau import models, stages
+from chateau import lineage, models, stages
 from chateau.cli import StageError, setting
 
 
@@ -36,34 +36,25 @@ class Sampling:
         return out
 
 
-def stage_path(project, stage, base_model=stages.BASE_MODEL):
-    """Where a stage's model lives: base, 2a's full model, 2b's adapter (on 2a), 2c's merged model."""
-    if stage == "base":
-        return stages.base_model_dir(project, base_model)
-    path = stages.folder(project, stage)
-    return path / "merged" if stage == "2c" else path
-
-
 def load_stage(project, stage, base_model=stages.BASE_MODEL):
-    """(model, tokenizer) of a stage, at compute precision, ready to generate. 2b is 2a with its
-    adapter applied (unmerged); 2c is the merged model that step 2c wrote."""
+    """(model, tokenizer) of a stage, at compute precision, ready to generate: what the stage
+    table says it produces (a full model; an adapter applied, unmerged, on its base's full model;
+    a merged stage's merged/). Only a finished stage that is not stale is loaded."""
     from transformers import AutoModelForCausalLM
     if stage not in stages.MODEL_STAGES:
         raise StageError(f"unknown stage {stage!r}: expected one of {', '.join(stages.MODEL_STAGES)}")
-    path = stage_path(project, stage, base_model)
+    path = stages.model_dir(project, stage, base_model)
     hint = models.DOWNLOAD_HINT if stage == "base" else stages.stage(stage).hint()
-    if stage != "base" and not (stages.folder(project, stage) / "metrics.json").exists():
-        raise StageError(f"step {stage} is not finished (no metrics.json in {stages.folder(project, stage)}): {hint}")
-    marker = "adapter_config.json" if stage == "2b" else "config.json"
-    models.require(path / marker, f"the {stage} model", hint)
-    if stage == "2b":
+    if stage != "base":
+        if not (stages.folder(project, stage) / "metrics.json").exists():
+            raise StageError(f"step {stage} is not finished (no metrics.json in {stages.folder(project, stage)}): {hint}")
+        lineage.check_current(project, stage)
+    models.require(path / "config.json", f"the {stage} model", hint)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=models.compute_dtype(), trust_remote_code=False)
+    if stages.is_adapter(stage):
         from peft import PeftModel
-        base_dir = stage_path(project, "2a")
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=models.compute_dtype()), path)
-        tokenizer = models.load_tokenizer(base_dir)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=models.compute_dtype())
-        tokenizer = models.load_tokenizer(path)
+        model = PeftModel.from_pretrained(model, stages.folder(project, stage))
+    tokenizer = models.load_tokenizer(path)
     model.to("cuda" if models.use_cuda() else "cpu").eval()
     return model, tokenizer
 
@@ -116,18 +107,18 @@ def decode_rows(tokenizer, rows):
     return " ".join(tokenizer.decode(row, skip_special_tokens=True) for row in rows)
 
 
-def held_out_prompts(project, tokenizer, n, fallback="1b"):
+def held_out_prompts(project, tokenizer, n, fallback=stages.FRENCH_DATA[0]):
     """`n` passages of the novel's held-out slice (1c's validation windows, never trained on),
     or of the `fallback` step's held-out books when the novel is not prepared yet."""
     from datasets import load_from_disk
-    for stage in ("1c", fallback):
+    for stage in (stages.NOVEL_DATA, fallback):
         folder = stages.folder(project, stage)
         if (folder / "manifest.json").exists():
             rows = load_from_disk(str(folder))["validation"]["input_ids"][:64]
             found = passages(decode_rows(tokenizer, rows), n)
             if found:
                 return found
-    raise StageError(f"no held-out text to take prompts from: {stages.stage('1c').hint()}, or give a prompt")
+    raise StageError(f"no held-out text to take prompts from: {stages.stage(stages.NOVEL_DATA).hint()}, or give a prompt")
 
 
 def side_by_side(project, sampling, model_stages=stages.MODEL_STAGES, base_model=stages.BASE_MODEL):

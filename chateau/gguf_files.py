@@ -180,7 +180,7 @@ def round_trip(model_dir, gguf_path, project, max_windows=8, source=None):
     source = source or float_model(model_dir)
     exported = AutoModelForCausalLM.from_pretrained(Path(gguf_path).parent, gguf_file=Path(gguf_path).name,
                                                     dtype=torch.float32).eval()
-    rows = load_from_disk(str(stages.folder(project, "1c")))["validation"]["input_ids"][:max_windows]
+    rows = load_from_disk(str(stages.folder(project, stages.NOVEL_DATA)))["validation"]["input_ids"][:max_windows]
     agree = total = 0
     losses, max_diff = [0.0, 0.0], 0.0
     with torch.no_grad():
@@ -192,7 +192,7 @@ def round_trip(model_dir, gguf_path, project, max_windows=8, source=None):
             losses[0] += a.loss.item() / len(rows)
             losses[1] += b.loss.item() / len(rows)
             max_diff = max(max_diff, (a.logits - b.logits).abs().max().item())
-    page = (stages.folder(project, "1c") / "clean_text.txt").read_text()[:3000]
+    page = (stages.folder(project, stages.NOVEL_DATA) / "clean_text.txt").read_text()[:3000]
     same_ids = AutoTokenizer.from_pretrained(model_dir)(page).input_ids == \
         AutoTokenizer.from_pretrained(Path(gguf_path).parent, gguf_file=Path(gguf_path).name)(page).input_ids
     return {"top1_agreement": round(agree / total, 4), "perplexity_source": round(math.exp(losses[0]), 4),

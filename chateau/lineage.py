@@ -1,23 +1,19 @@
 """What each stage was made from, so that nothing finished is changed by accident.
 
-Every stage records its identity: its settings (those that change what it makes) and the digests
-of its inputs (the base model's files, the prepared data's manifests, the previous stage's
-metrics). A rerun with the same identity is "already done" and changes nothing; another identity
+Every stage records its identity: its settings (those that change what it makes: every field
+not marked `identity=False`) and the digests of its inputs (the base model's files, the prepared
+data's manifests, the previous stage's metrics). `already_done` is the one rule for prepare, train
+and export steps alike: the same identity is "already done" and changes nothing; another identity
 needs --overwrite; a stage whose inputs changed since it was made is stale, and every later step
 says so. One run at a time per stage: a lock file holds the running process's pid.
 """
-import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
 
 from chateau import prepared, stages
-from chateau.cli import StageError, pid_alive
-
-# Settings that say how a run is watched or resumed, not what it makes.
-RUN_CONTROL = {"project_dir", "resume", "overwrite", "record_batches", "logging_steps", "save_steps",
-               "save_total_limit", "eval_steps", "sample_steps", "sample", "num_proc"}
+from chateau.cli import StageError, identity_settings, pid_alive
 
 
 def _sha(data):
@@ -40,25 +36,47 @@ def stage_digest(project, name):
 
 
 def identity(settings, inputs):
-    """What a run makes depends on: its settings (without the run-control ones) and its inputs."""
-    made_by = {k: v for k, v in dataclasses.asdict(settings).items() if k not in RUN_CONTROL}
-    return {"settings": made_by, "inputs": inputs}
+    """What a run makes depends on: its identity settings and its inputs ({name: digest})."""
+    return {"settings": identity_settings(settings), "inputs": inputs}
+
+
+def already_done(recorded, identity, overwrite, what):
+    """The one "already done" rule of every step. `recorded`: the identity the finished artifact
+    was made with (None when there is none). True: made from the same inputs and settings, nothing
+    to do. False: to be made (nothing finished there, or --overwrite). A finished artifact made
+    from other inputs or settings is never replaced without --overwrite."""
+    if recorded is None or overwrite:
+        return False
+    if recorded == identity:
+        return True
+    raise StageError(f"{what} was made from other inputs or settings: pass --overwrite to make it again "
+                     f"(what is finished stays until the new run starts)")
 
 
 def train_inputs(project, stage_names, base_dir=None):
     """{input: digest} of a train step: the stages it reads, and the base model's folder."""
-    out = {name: stage_digest(project, name) for name in stage_names}
+    out = {name: stage_digest(project, name) for name in stage_names if name != "base"}
     if base_dir is not None:
         out["base"] = model_digest(base_dir)
     return out
 
 
+def current_digest(project, name, settings):
+    """An input's digest as it is now: a stage's marker, or the base model named by `settings`."""
+    if name == "base":
+        base = stages.base_model_dir(project, settings.get("base_model", stages.BASE_MODEL))
+        return model_digest(base) if base.is_dir() else None
+    return stage_digest(project, name)
+
+
 def check_current(project, name):
-    """Refuse a finished stage whose inputs changed since it was made (it is stale)."""
+    """Refuse a finished stage whose inputs (the base model included) changed since it was made:
+    it is stale, and whatever is built on it would not be the model the user trained."""
     step = stages.stage(name)
     marker = step.folder(project) / "metrics.json"
-    recorded = json.loads(marker.read_text()).get("identity", {}).get("inputs", {}) if marker.exists() else {}
-    changed = [k for k, digest in recorded.items() if k != "base" and stage_digest(project, k) != digest]
+    recorded = json.loads(marker.read_text()).get("identity", {}) if marker.exists() else {}
+    settings = recorded.get("settings", {})
+    changed = [k for k, digest in recorded.get("inputs", {}).items() if current_digest(project, k, settings) != digest]
     if changed:
         raise StageError(f"step {name} is stale: {', '.join(changed)} changed since it was trained: "
                          f"rerun `python {step.script} --overwrite`")

@@ -59,14 +59,17 @@ def driver_problem():
             f"(docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 -t kafka .)")
 
 
-def warn_if_cpu():
-    """Refuse a GPU the driver cannot serve (one line, not a CUDA traceback); say once that there
-    is no GPU, and turn torch.compile (used by torchao's optimizer step) off on CPU: compiling
-    costs ~20 s per tensor shape there, and eager mode computes the same."""
+def set_up_device():
+    """The opening of every GPU step: refuse a GPU the driver cannot serve (one line, not a CUDA
+    traceback); on CPU, say so once and turn torch.compile off for this process (torchao's
+    optimizer step compiles itself; compiling costs ~20 s per tensor shape on CPU, and eager mode
+    computes the same)."""
     problem = driver_problem()
     if problem:
         raise StageError(problem)
     if not use_cuda():
+        # torch.compile's own switch (torch._dynamo.config.disable would make torchao's
+        # fullgraph compile raise "found no compiled frames" instead of running eagerly).
         os.environ["TORCHDYNAMO_DISABLE"] = "1"
         print("warning: no CUDA GPU found: running on CPU (slow; fine for the tiny demo and the tests)", file=sys.stderr)
 
@@ -80,7 +83,7 @@ def require(path, what, fix):
 def load_tokenizer(model_dir, fix=DOWNLOAD_HINT):
     from transformers import AutoTokenizer
     require(Path(model_dir) / "config.json", "model", fix)
-    return AutoTokenizer.from_pretrained(model_dir)  # trust_remote_code stays off
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)  # never a prompt, never custom code
 
 
 def check_context(model_dir, seq_len):
@@ -126,7 +129,7 @@ def load_model(model_dir, dtype=None, attn_implementation="sdpa", fix=DOWNLOAD_H
     check_weights(model_dir)
     try:
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or compute_dtype(), device_map=device_map(),
-                                                    attn_implementation=attn_implementation)
+                                                    attn_implementation=attn_implementation, trust_remote_code=False)
     except Exception as error:  # truncated or corrupt weights: safetensors, OSError, ValueError...
         if "out of memory" in str(error).lower():
             raise
@@ -149,7 +152,7 @@ def load_model_4bit(model_dir, attn_implementation="sdpa"):
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, quantization_config=quantization, dtype=compute_dtype(), device_map=device_map(),
-            attn_implementation=attn_implementation)
+            attn_implementation=attn_implementation, trust_remote_code=False)
     if not use_cuda():
         # bitsandbytes 0.50 on CPUs with avx512_bf16 repacks the 4-bit weights during an eval-mode
         # forward, after which the gradients of a training step are silently wrong.

@@ -55,7 +55,7 @@ def latest_samples(project, train_stages=stages.TRAIN_STAGES, n=1):
 def exported_files(project):
     """[(path, MiB)] of every GGUF file step 4 wrote, with the Modelfiles beside them."""
     return [(path, round(path.stat().st_size / 2**20, 1))
-            for stage in stages.TRAIN_STAGES for path in sorted((stages.folder(project, stage) / "gguf").glob("*"))
+            for stage in stages.EXPORTABLE for path in sorted(stages.export_dir(project, stage).glob("*"))
             if path.suffix == ".gguf" or path.name == "Modelfile"]
 
 

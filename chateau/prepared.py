@@ -55,13 +55,15 @@ def read_manifest(out_dir):
 
 def already_prepared(out_dir, identity, overwrite):
     """True when `out_dir` holds data prepared from the same inputs with the same settings
-    (`identity`): the step says so and stops. Other data there needs --overwrite."""
+    (`identity`, from lineage.identity): the step says so and stops. Other data needs --overwrite."""
+    from chateau import lineage
     manifest = read_manifest(out_dir)
-    if manifest is None or overwrite:
-        return False
-    if manifest["identity"] == identity:
-        return True
-    raise StageError(f"{out_dir} was prepared from other inputs or settings: pass --overwrite to replace it")
+    return lineage.already_done(manifest and manifest["identity"], identity, overwrite, f"the prepared data in {out_dir}")
+
+
+def tokenizer_of(manifest):
+    """The tokenizer fingerprint prepared data was made with."""
+    return manifest["identity"]["inputs"]["tokenizer"]
 
 
 def windows_table(windows):
@@ -146,7 +148,7 @@ def load_prepared(project, stage, tokenizer=None, max_positions=None):
     manifest = read_manifest(out_dir)
     if manifest is None:
         raise StageError(f"prepared data missing or incomplete at {out_dir}: {step.hint()}")
-    if tokenizer is not None and manifest["identity"]["tokenizer_fingerprint"] != models.tokenizer_fingerprint(tokenizer):
+    if tokenizer is not None and tokenizer_of(manifest) != models.tokenizer_fingerprint(tokenizer):
         raise StageError(f"{out_dir} was tokenized with another tokenizer than the model's: "
                          f"rerun `python {step.script} --overwrite`")
     seq_len = manifest["settings"]["seq_len"]

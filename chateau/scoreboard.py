@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from chateau import generation, models, prepared, stages
+from chateau import generation, lineage, models, prepared, stages
 from chateau.cleaning import GALLICA_SOURCE, is_page_number
 from chateau.cli import StageError, parse_settings, positive, project_dir, run, setting
 
@@ -196,14 +196,14 @@ def references(project, tokenizer, n_prompts, chunk_words=1000, max_corpus_rows=
     """The novel, its held-out slice, held-out French and the French corpus, as words; the
     novel's lexicon; Delta's vocabulary and reference chunks; the sample prompts."""
     from datasets import load_from_disk
-    novel_dir = stages.folder(project, "1c")
+    novel_dir = stages.folder(project, stages.NOVEL_DATA)
     if prepared.read_manifest(novel_dir) is None:
-        raise StageError(f"the novel's prepared data is missing at {novel_dir}: {stages.stage('1c').hint()}")
+        raise StageError(f"the novel's prepared data is missing at {novel_dir}: {stages.stage(stages.NOVEL_DATA).hint()}")
     novel = load_from_disk(str(novel_dir))
-    french_stage = next((s for s in ("1b", "1a") if prepared.read_manifest(stages.folder(project, s))), None)
+    french_stage = next((s for s in stages.FRENCH_DATA if prepared.read_manifest(stages.folder(project, s))), None)
     if french_stage is None:
-        raise StageError(f"no prepared French data (1a or 1b): {stages.stage('1b').hint()}")
-    corpus = [w for s in ("1a", "1b") if prepared.read_manifest(stages.folder(project, s))
+        raise StageError(f"no prepared French data ({' or '.join(stages.FRENCH_DATA)}): {stages.stage(stages.FRENCH_DATA[0]).hint()}")
+    corpus = [w for s in stages.FRENCH_DATA if prepared.read_manifest(stages.folder(project, s))
               for w in decoded_words(tokenizer, load_from_disk(str(stages.folder(project, s)))["train"], max_corpus_rows)]
     novel_words = words((novel_dir / "clean_text.txt").read_text())
     held_out_words = decoded_words(tokenizer, novel["validation"], max_corpus_rows)
@@ -233,16 +233,22 @@ def score_texts(texts, refs):
 
 
 def finished_stages(project, model_stages, base_model):
-    """The stages whose model is finished (the base model when it is there; a trained stage once
-    its metrics.json exists, the mark of a finished run), and a note for each one skipped."""
+    """The stages whose model is finished and current (the base model when it is there; a trained
+    stage once its metrics.json exists, the mark of a finished run, and none of its inputs changed
+    since), and a note for each one skipped."""
     kept, notes = [], []
     for stage in model_stages:
+        path = stages.model_dir(project, stage, base_model)
         if stage == "base":
-            path = generation.stage_path(project, "base", base_model)
             done, note = (path / "config.json").exists(), f"base: no model at {path}"
         else:
-            done = (stages.folder(project, stage) / "metrics.json").exists()
+            done = (stages.folder(project, stage) / "metrics.json").exists() and (path / "config.json").exists()
             note = f"{stage}: not finished ({stages.stage(stage).hint()})"
+            if done:
+                try:
+                    lineage.check_current(project, stage)
+                except StageError as stale:
+                    done, note = False, stale.message
         if done:
             kept.append(stage)
         else:
@@ -258,11 +264,10 @@ def build(project, model_stages=stages.MODEL_STAGES, n_samples=8, sampling=None,
     kept, notes = finished_stages(project, model_stages, base_model)
     for note in notes:
         print(f"scoreboard: skipped {note}")
-    # The tokenizer every stage shares (2b's folder holds only an adapter: its tokenizer is 2a's).
-    tokenizer_dir = generation.stage_path(project, next((s for s in kept if s != "2b"), "2a"), base_model)
-    tokenizer = models.load_tokenizer(tokenizer_dir) if kept else None
+    # The tokenizer every stage shares, from the first one's full model (an adapter's is its base's).
+    tokenizer = models.load_tokenizer(stages.model_dir(project, kept[0], base_model)) if kept else None
     refs = references(project, tokenizer, n_samples) if kept else None
-    novel_validation = load_from_disk(str(stages.folder(project, "1c")))["validation"] if kept else None
+    novel_validation = load_from_disk(str(stages.folder(project, stages.NOVEL_DATA)))["validation"] if kept else None
     french_validation = load_from_disk(str(stages.folder(project, refs.french_stage)))["validation"] if kept else None
     rows, samples = [], {}
     for stage in kept:
@@ -316,8 +321,8 @@ class Settings:
         return positive(self, "samples", "max_eval_samples")
 
 
-def main():
-    settings = parse_settings(Settings, description=__doc__)
+def main(argv=None):
+    settings = parse_settings(Settings, argv, description=__doc__)
     print(format_table(build(project_dir(settings.project_dir), n_samples=settings.samples,
                              max_eval_samples=settings.max_eval_samples, base_model=settings.base_model)))
 

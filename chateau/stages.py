@@ -1,6 +1,9 @@
 """The curriculum's stage table: the one place that says which stages exist, which script makes
-each, where its output lives under the project folder and what it reads. Every module, test,
-benchmark and the notebook ask this table; nothing else spells a stage's folder or script."""
+each, where its output lives under the project folder, what it reads, what it produces (prepared
+data, a full model, an adapter on a base, a merged model, text, an export), the model it starts
+from and its recipe. Every module, test, benchmark and the notebook ask this table; nothing else
+spells a stage's folder or script, or compares a stage's name to decide what to load, merge,
+export, score or benchmark. Adding a stage is one row here and a settings-only script."""
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,14 +12,40 @@ BASE_MODEL = "models/TinyLlama_v1.1"     # the downloaded base model + tokenizer
 GALLICA_DIR = "datasets/French-PD-Books"  # Gallica parquet files, any depth
 NOVEL_PDF = "Kafka-Le-Chateau.pdf"        # the novel
 
+# What a stage produces.
+PREPARED = "prepared data"   # a DatasetDict of fixed-length samples (prepared.py's format)
+FULL_MODEL = "full model"    # a model folder (safetensors + tokenizer)
+ADAPTER = "adapter"          # a LoRA adapter on `base`'s full model (peft format)
+MERGED = "merged model"      # an adapter on `base`, plus merged/: the adapter merged into base's weights
+TEXT = "text"                # a continuation of the novel (output/)
+EXPORT = "export"            # GGUF files of a model stage (<stage folder>/gguf/)
+MODEL_KINDS = (FULL_MODEL, ADAPTER, MERGED)
+
 
 @dataclass(frozen=True)
 class Stage:
-    name: str            # "1a" ... "3": also the prefix of its script
+    name: str            # "1a" ... "4": also the prefix of its script
     script: str          # the numbered script that makes it
     output: str          # its output folder, relative to the project folder
-    reads: tuple         # the stages (or "base", "gallica", "novel") it is made from
-    kind: str            # "prepare" (a DatasetDict), "train" (a model or adapter), "write" (text), "export" (GGUF)
+    produces: str        # one of the kinds above
+    reads: tuple = ()    # prepare/write/export stages: what they are made from ("base", "gallica", "novel", stages)
+    base: str = None     # train stages: the model they start from ("base" = the downloaded model); an adapter sits on it
+    recipe: str = None   # train stages: "fullweight" (chateau/fullweight.py) or "qlora" (chateau/qlora.py)
+    data: str = None     # train stages: the prepare stage trained on (its validation set is the primary one)
+    eval_also: tuple = ()  # train stages: prepare stages whose validation loss is also reported (forgetting)
+    adapter_from: str = None  # QLoRA stages: the train stage whose adapter is continued (None: a new LoRA)
+
+    @property
+    def kind(self):
+        """"prepare", "train", "write" or "export": how the stage is run and marked finished."""
+        return {PREPARED: "prepare", TEXT: "write", EXPORT: "export"}.get(self.produces, "train")
+
+    @property
+    def inputs(self):
+        """Everything the stage is made from: what its lineage records and checks."""
+        if self.kind != "train":
+            return self.reads
+        return tuple(dict.fromkeys([self.base, self.data, *self.eval_also, *([self.adapter_from] if self.adapter_from else [])]))
 
     @property
     def run_name(self):
@@ -31,19 +60,28 @@ class Stage:
 
 
 TABLE = (
-    Stage("1a", "1a_prepare_gallica_fullweight.py", "data/1a_gallica_fullweight", ("base", "gallica"), "prepare"),
-    Stage("1b", "1b_prepare_gallica_QLoRA.py", "data/1b_gallica_qlora", ("base", "gallica"), "prepare"),
-    Stage("1c", "1c_prepare_kafka.py", "data/1c_kafka", ("base", "novel"), "prepare"),
-    Stage("2a", "2a_train_gallica_fullweight.py", "models/2a_gallica_fullweight", ("base", "1a"), "train"),
-    Stage("2b", "2b_train_gallica_QLoRA.py", "models/2b_gallica_qlora", ("2a", "1b", "1a"), "train"),
-    Stage("2c", "2c_train_kafka_QLoRA.py", "models/2c_kafka_qlora", ("2a", "2b", "1c", "1b"), "train"),
-    Stage("3", "3_continue_kafka.py", "output", ("2c", "1c"), "write"),
-    Stage("4", "4_export_gguf.py", "models/2c_kafka_qlora/gguf", ("2c",), "export"),
+    Stage("1a", "1a_prepare_gallica_fullweight.py", "data/1a_gallica_fullweight", PREPARED, reads=("base", "gallica")),
+    Stage("1b", "1b_prepare_gallica_QLoRA.py", "data/1b_gallica_qlora", PREPARED, reads=("base", "gallica")),
+    Stage("1c", "1c_prepare_kafka.py", "data/1c_kafka", PREPARED, reads=("base", "novel")),
+    Stage("2a", "2a_train_gallica_fullweight.py", "models/2a_gallica_fullweight", FULL_MODEL,
+          base="base", recipe="fullweight", data="1a"),
+    Stage("2b", "2b_train_gallica_QLoRA.py", "models/2b_gallica_qlora", ADAPTER,
+          base="2a", recipe="qlora", data="1b", eval_also=("1a",)),
+    Stage("2c", "2c_train_kafka_QLoRA.py", "models/2c_kafka_qlora", MERGED,
+          base="2a", recipe="qlora", data="1c", eval_also=("1b",), adapter_from="2b"),
+    Stage("3", "3_continue_kafka.py", "output", TEXT, reads=("2c", "1c")),
+    Stage("4", "4_export_gguf.py", "models/2c_kafka_qlora/gguf", EXPORT, reads=("2c",)),
 )
 STAGES = {stage.name: stage for stage in TABLE}
 PREPARE_STAGES = tuple(s.name for s in TABLE if s.kind == "prepare")  # ("1a", "1b", "1c")
-TRAIN_STAGES = tuple(s.name for s in TABLE if s.kind == "train")      # ("2a", "2b", "2c")
+TRAIN_STAGES = tuple(s.name for s in TABLE if s.kind == "train")      # ("2a", "2b", "2c", ...)
 MODEL_STAGES = ("base",) + TRAIN_STAGES  # the models the notebook and the scoreboard compare
+EXPORTABLE = tuple(s.name for s in TABLE if s.produces in (FULL_MODEL, MERGED))  # full weights to write as GGUF
+
+# The roles of the data, for the steps that measure or prompt with it.
+NOVEL_DATA = "1c"           # the novel's windows; its validation split is the held-out slice
+FRENCH_DATA = ("1b", "1a")  # held-out French books, in order of preference
+CURRICULUM_END = "2c"       # the model steps 3 and 4 use unless told otherwise
 
 
 BASE_MODEL_HELP = ("base model folder, relative to the project folder or absolute: any Llama-architecture model "
@@ -71,3 +109,28 @@ def script_of(name):
 def stage_of_script(script):
     """The stage a numbered script makes ("2a_train_gallica_fullweight.py" -> "2a")."""
     return next(s.name for s in TABLE if s.script == Path(script).name)
+
+
+def model_dir(project, name, base_model=BASE_MODEL):
+    """The folder of full weights that stage `name`'s model is (or, for an adapter, sits on):
+    "base" -> the base model; a full model -> its folder; a merged stage -> its merged/; an
+    adapter -> its base's full model (the adapter itself is in `folder(project, name)`)."""
+    if name == "base":
+        return base_model_dir(project, base_model)
+    step = STAGES[name]
+    if step.produces == ADAPTER:
+        return model_dir(project, step.base, base_model)
+    return step.folder(project) / "merged" if step.produces == MERGED else step.folder(project)
+
+
+def is_adapter(name):
+    return name != "base" and STAGES[name].produces == ADAPTER
+
+
+def export_dir(project, name):
+    """Where step 4 writes the GGUF files of stage `name`."""
+    return folder(project, name) / "gguf"
+
+
+def model_stages_of(kinds):
+    return tuple(s.name for s in TABLE if s.produces in kinds)

@@ -5,6 +5,7 @@ and which optimizer; this module is how any of them is trained."""
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -19,40 +20,44 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from chateau import generation, lineage, models, prepared, stages
-from chateau.cli import Interrupted, StageError, group, is_main_process, positive, project_dir, rank, save_settings, say, setting
+from chateau.cli import (Interrupted, StageError, group, is_main_process, positive, project_dir, rank, save_settings, say,
+                         setting, write_atomic)
 
 
 @dataclasses.dataclass
 class TrainSettings:
     """Fields every train step has. Each step's own dataclass sets the curriculum's defaults."""
-    project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)")
+    project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)", identity=False)
     max_steps: int = setting(-1, "optimizer steps; -1 = one pass over the training data")
-    batch_size: int = setting(1, "samples per GPU per micro-step")
-    grad_accum: int = setting(1, "micro-steps per optimizer step")
+    # What the curriculum fixes is the tokens per optimizer step; how they are reached (samples
+    # per GPU, number of GPUs, accumulation) is execution: accumulation = tokens per step /
+    # (batch size x sample length x processes), derived, so several GPUs train the same curriculum.
+    tokens_per_step: int = setting(512, "tokens per optimizer step, over all processes (accumulation is derived from it)")
+    batch_size: int = setting(1, "samples per GPU per micro-step", identity=False)
     lr: float = setting(1e-4, "peak learning rate")
     warmup_steps: int = setting(0, "linear warm-up steps, then cosine decay to 10% of --lr")
     weight_decay: float = setting(0.0, "decoupled weight decay")
     max_grad_norm: float = setting(1.0, "gradient clipping")
-    gradient_checkpointing: bool = setting(True, "recompute activations in backward: less memory, ~30% more compute")
-    attn_implementation: str = setting("sdpa", "attention kernel: sdpa (PyTorch's fused, flash on GPU) | eager | flash_attention_2 (if installed)")
-    torch_compile: bool = setting(False, "torch.compile the model (GPU; measure with bench/train_bench.py)")
-    liger_kernel: bool = setting(False, "Liger's fused kernels: linear+cross-entropy, RMSNorm, RoPE, SwiGLU (pip install liger-kernel)")
-    eval_steps: int = setting(250, "validate every N steps (and before and after training)")
+    gradient_checkpointing: bool = setting(True, "recompute activations in backward: less memory, ~30% more compute", identity=False)
+    attn_implementation: str = setting("sdpa", "attention kernel: sdpa (PyTorch's fused, flash on GPU) | eager | flash_attention_2 (if installed)", identity=False)
+    torch_compile: bool = setting(False, "torch.compile the model (GPU; measure with bench/train_bench.py)", identity=False)
+    liger_kernel: bool = setting(False, "Liger's fused kernels: linear+cross-entropy, RMSNorm, RoPE, SwiGLU (pip install liger-kernel)", identity=False)
+    eval_steps: int = setting(250, "validate every N steps (and before and after training)", identity=False)
     max_eval_samples: int = setting(512, "validation samples per evaluation, per validation set")
-    save_steps: int = setting(250, "checkpoint every N steps")
-    save_total_limit: int = setting(2, "checkpoints kept")
-    logging_steps: int = setting(10, "log loss, lr, grad norm and tokens/s every N steps")
-    sample_steps: int = setting(500, "generate a sample every N steps (0 = never)")
-    sample: generation.Sampling = group(generation.Sampling, "sample", "how the samples are drawn (seeded by step)")
-    resume: str = setting("auto", "auto (latest complete checkpoint) | never | PATH of a checkpoint")
-    record_batches: bool = setting(False, "write a digest of every batch each rank trains on (checks data order and sharding)")
-    overwrite: bool = setting(False, "train a finished stage again (from other inputs or settings); the finished model stays until the new run starts")
+    save_steps: int = setting(250, "checkpoint every N steps", identity=False)
+    save_total_limit: int = setting(2, "checkpoints kept", identity=False)
+    logging_steps: int = setting(10, "log loss, lr, grad norm and tokens/s every N steps", identity=False)
+    sample_steps: int = setting(500, "generate a sample every N steps (0 = never)", identity=False)
+    sample: generation.Sampling = group(generation.Sampling, "sample", "how the samples are drawn (seeded by step)", identity=False)
+    resume: str = setting("auto", "auto (latest complete checkpoint) | never | PATH of a checkpoint", identity=False)
+    record_batches: bool = setting(False, "write a digest of every batch each rank trains on (checks data order and sharding)", identity=False)
+    overwrite: bool = setting(False, "train a finished stage again (from other inputs or settings); the finished model stays until the new run starts", identity=False)
     seed: int = setting(0, "seed of initialization, data order and sampling")
 
     def problems(self):
         """Everything the Trainer, the optimizer or the sampler would reject later, checked before
         any file is touched."""
-        out = positive(self, "batch_size", "grad_accum", "lr", "eval_steps", "save_steps", "logging_steps",
+        out = positive(self, "batch_size", "tokens_per_step", "lr", "eval_steps", "save_steps", "logging_steps",
                        "max_eval_samples", "save_total_limit", "max_grad_norm")
         out += positive(self, "max_steps", allow=(-1,)) + self.sample.problems(prefix="sample-")
         out += [f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})"
@@ -63,7 +68,30 @@ class TrainSettings:
             out.append(f"--attn-implementation must be one of {', '.join(ATTENTION)} (got {self.attn_implementation})")
         if self.resume not in ("auto", "never") and not is_complete_checkpoint(self.resume):
             out.append(f"--resume must be auto, never or a complete checkpoint folder (got {self.resume})")
+        if self.resume not in ("auto", "never") and self.overwrite:
+            out.append(f"--resume {self.resume} and --overwrite contradict each other: --overwrite starts over "
+                       f"(and deletes the checkpoints); drop one of them")
+        if self.seed >= 2**32:
+            out.append(f"--seed must be < 2**32 (got {self.seed})")
+        if self.liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+            out.append("--liger-kernel needs the liger-kernel package: pip install liger-kernel (or drop the flag)")
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            out.append("--attn-implementation flash_attention_2 needs the flash-attn package: pip install flash-attn "
+                       "(or use sdpa, PyTorch's own fused attention)")
         return out
+
+
+def accumulation(settings, seq_len, world):
+    """Micro-steps per optimizer step: --tokens-per-step / (--batch-size x sample length x
+    processes). A combination that does not divide is refused, naming what would."""
+    per_micro_step = settings.batch_size * seq_len * world
+    if settings.tokens_per_step % per_micro_step:
+        fits = [b for b in range(1, settings.batch_size * 2 + 1) if settings.tokens_per_step % (b * seq_len * world) == 0]
+        raise StageError(f"--tokens-per-step {settings.tokens_per_step} is not a multiple of --batch-size "
+                         f"{settings.batch_size} x {seq_len}-token samples x {world} process(es) = {per_micro_step}: "
+                         f"use --batch-size {max(fits) if fits else 1}" + ("" if fits else " and a --tokens-per-step that "
+                         f"is a multiple of {seq_len * world}"))
+    return settings.tokens_per_step // per_micro_step
 
 
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
@@ -126,12 +154,22 @@ def load_data(project, data_stage, eval_stages, tokenizer, max_positions, max_ev
 
 class StopOnSignal(TrainerCallback):
     """SIGTERM (docker stop) or SIGINT (Ctrl-C): finish the current step, save a checkpoint, stop.
-    A second signal stops at once."""
+    A second signal stops at once. `with StopOnSignal() as stopper:` installs the handlers for the
+    training only, and puts back whatever handlers were there before."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.received = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        self.received, self.previous = None, {}
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
 
     def _handle(self, signum, frame):
         if self.received is not None:
@@ -148,9 +186,9 @@ class StopOnSignal(TrainerCallback):
 class GenerateSamples(TrainerCallback):
     """Every `sample_steps`, generate from the prompt; log to TensorBoard and samples.jsonl."""
 
-    def __init__(self, settings, tokenizer, output_dir, log_dir, find_prompt):
-        self.settings, self.tokenizer, self.path, self.log_dir = settings, tokenizer, Path(output_dir) / "samples.jsonl", log_dir
-        self.find_prompt, self.prompt, self.writer = find_prompt, None, None
+    def __init__(self, settings, tokenizer, output_dir, writer, find_prompt):
+        self.settings, self.tokenizer, self.path, self.writer = settings, tokenizer, Path(output_dir) / "samples.jsonl", writer
+        self.find_prompt, self.prompt = find_prompt, None
 
     def generate(self, model, step):
         sampling = self.settings.sample
@@ -166,11 +204,9 @@ class GenerateSamples(TrainerCallback):
         text = self.prompt + " " + self.tokenizer.decode(new, skip_special_tokens=True).lstrip()
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, "prompt": self.prompt, "text": text}, ensure_ascii=False) + "\n")
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(self.log_dir)
-        self.writer.add_text("sample", text, step)
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.add_text("sample", text, step)
+            self.writer.flush()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.settings.sample_steps and state.global_step % self.settings.sample_steps == 0 and state.is_world_process_zero:
@@ -277,11 +313,8 @@ def plan_run(settings, stage, inputs):
     run_file = output_dir / "run.json"
     previous = json.loads(run_file.read_text()) if run_file.exists() else None
     finished = (output_dir / "metrics.json").exists()
-    if finished and not settings.overwrite:
-        if previous == identity:
-            return Run(stage, output_dir, identity, already_done=True)
-        raise StageError(f"{output_dir} holds a finished model trained from other inputs or settings: pass --overwrite "
-                         f"to train it again (the finished model stays until the new run starts)")
+    if lineage.already_done(previous if finished else None, identity, settings.overwrite, f"the finished model in {output_dir}"):
+        return Run(stage, output_dir, identity, already_done=True)
     if finished or settings.overwrite:
         return Run(stage, output_dir, identity)  # train again from the start
     resume = {"never": None, "auto": latest_checkpoint(output_dir)}.get(settings.resume, settings.resume)
@@ -291,21 +324,22 @@ def plan_run(settings, stage, inputs):
     return Run(stage, output_dir, identity, resume=resume)
 
 
-def training_arguments(settings, output_dir, evaluate_first, optim="adamw_torch"):
+def training_arguments(settings, output_dir, evaluate_first, grad_accum, optim="adamw_torch"):
     """The Trainer's arguments from a step's settings: cosine to 10% of the peak after warm-up,
-    bf16 and fused kernels on GPU, checkpoints every --save-steps."""
+    bf16 and fused kernels on GPU, checkpoints every --save-steps. TensorBoard is the callback
+    fit() adds with its own writer (report_to none: no logging folder through the environment)."""
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(output_dir), max_steps=settings.max_steps, num_train_epochs=1,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.lr,
+        gradient_accumulation_steps=grad_accum, learning_rate=settings.lr,
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
         warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
         optim=optim, bf16=cuda, use_cpu=not cuda,
         gradient_checkpointing=settings.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy="steps", eval_steps=settings.eval_steps, logging_steps=settings.logging_steps,
         save_strategy="steps", save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
-        report_to=["tensorboard"], seed=settings.seed, data_seed=settings.seed, eval_on_start=evaluate_first,
+        report_to="none", seed=settings.seed, data_seed=settings.seed, eval_on_start=evaluate_first,
         ddp_find_unused_parameters=False, dataloader_num_workers=0,
         torch_compile=settings.torch_compile and cuda, use_liger_kernel=settings.liger_kernel,
     )
@@ -327,61 +361,73 @@ def forget_earlier_runs(run, log_dir, start_file):
     (run.output_dir / "run.json").write_text(json.dumps(run.identity, indent=2, ensure_ascii=False) + "\n")
 
 
-def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizers=(None, None), optim="adamw_torch", extra_metrics=None):
+def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizers=(None, None), optim="adamw_torch",
+        extra_metrics=None, before_finish=None):
     """Train `model` with the Trainer and write the stage's output, metrics.json last.
 
     eval_datasets: {name: Dataset}; the first is the stage's own validation set, the others show
-    forgetting (e.g. French after Kafka). Returns the metrics dict. Raises Interrupted after
-    saving a checkpoint when stopped by a signal.
+    forgetting (e.g. French after Kafka). `before_finish(trainer)` runs once the model is saved and
+    before metrics.json (a merged stage's merge: the stage is finished only with it); what it
+    returns joins the metrics. Returns the metrics dict. Raises Interrupted after saving a
+    checkpoint when stopped by a signal.
     """
+    from transformers.integrations import TensorBoardCallback
     project, stage, output_dir = project_dir(settings.project_dir), run.stage, run.output_dir
     log_dir = project / "runs" / stages.stage(stage).run_name
-    output_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
     seq_len = len(train_dataset[0]["input_ids"])
     world = int(os.environ.get("WORLD_SIZE", 1))
-    tokens_per_step = settings.batch_size * settings.grad_accum * seq_len * world
+    grad_accum = accumulation(settings, seq_len, world)
+    tokens_per_step = settings.tokens_per_step
+    if settings.batch_size * world > len(train_dataset):
+        raise StageError(f"--batch-size {settings.batch_size} x {world} process(es) is more samples than the "
+                         f"{len(train_dataset)} training samples of {stages.stage(stage).data}: lower --batch-size")
     resume = run.resume
     if sum(p.numel() for p in model.parameters() if p.requires_grad) == 0:
         raise StageError("the model has no trainable parameters: nothing would be learned")
+    output_dir.mkdir(parents=True, exist_ok=True)
     # Validation before training runs inside train() (eval_on_start), once the model is wrapped for
     # DDP: a trainer.evaluate() first would mark it prepared and DDP would never wrap it. A resumed
     # run keeps the first run's numbers.
     start_file = output_dir / "eval_start.json"
     evaluate_first = not (resume and start_file.exists())  # decided alike on every rank
-    args = training_arguments(settings, output_dir, evaluate_first, optim)
+    args = training_arguments(settings, output_dir, evaluate_first, grad_accum, optim)
     # Samples continue a passage of the novel's held-out slice (or of this stage's held-out data
     # until the novel is prepared), unless --sample-prompt says otherwise.
-    own_data = next(s for s in stages.stage(stage).reads if s in stages.PREPARE_STAGES)
+    own_data = stages.stage(stage).data
     find_prompt = lambda: settings.sample.prompt or generation.held_out_prompts(project, tokenizer, 1, fallback=own_data)[0]
-    stopper, finite = StopOnSignal(), StopOnNonFinite()
-    sampler = GenerateSamples(settings, tokenizer, output_dir, log_dir, find_prompt)
+    finite = StopOnNonFinite()
+    sampler = GenerateSamples(settings, tokenizer, output_dir, None, find_prompt)
     clock = StepClock()
-    trainer = CurriculumTrainer(
-        model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_datasets,
-        data_collator=collate, processing_class=tokenizer, optimizers=optimizers,
-        callbacks=[stopper, sampler, finite, clock, RecordStart(start_file)],
-        tokens_per_step=tokens_per_step,
-        record_batches_to=output_dir / f"batches-rank{rank()}.txt" if settings.record_batches else None,
-    )
-
-    forget_earlier_runs(run, log_dir, start_file)  # everything is checked: the run starts
-    began = time.time()
-    try:
-        if resume and 0 < settings.max_steps <= checkpoint_step(resume):
-            # Killed after its last checkpoint but before it finished: the checkpoint is the
-            # trained model. (Trainer.train would still take a step past --max-steps.)
-            from transformers import TrainerState
-            trainer._load_from_checkpoint(resume)
-            trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
-        else:
-            trainer.train(resume_from_checkpoint=resume)
-    except torch.OutOfMemoryError:
-        last = latest_checkpoint(output_dir)
-        raise StageError(
-            f"CUDA out of memory at --batch-size {settings.batch_size} with {seq_len}-token samples: lower --batch-size "
-            f"(raise --grad-accum to keep the tokens per step), then the prepare step's --seq-len; "
-            f"the last checkpoint ({last or 'none yet'}) stays usable") from None
+    writer = None
+    with StopOnSignal() as stopper:
+        trainer = CurriculumTrainer(
+            model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_datasets,
+            data_collator=collate, processing_class=tokenizer, optimizers=optimizers,
+            callbacks=[stopper, sampler, finite, clock, RecordStart(start_file)],
+            tokens_per_step=tokens_per_step,
+            record_batches_to=output_dir / f"batches-rank{rank()}.txt" if settings.record_batches else None,
+        )
+        forget_earlier_runs(run, log_dir, start_file)  # everything is checked: the run starts
+        if is_main_process():  # TensorBoard: one writer for the Trainer's scalars and the samples
+            from torch.utils.tensorboard import SummaryWriter
+            writer = sampler.writer = SummaryWriter(str(log_dir))
+            trainer.add_callback(TensorBoardCallback(tb_writer=writer))
+        began = time.time()
+        try:
+            if resume and 0 < settings.max_steps <= checkpoint_step(resume):
+                # Killed after its last checkpoint but before it finished: the checkpoint is the
+                # trained model. (Trainer.train would still take a step past --max-steps.)
+                from transformers import TrainerState
+                trainer._load_from_checkpoint(resume)
+                trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+            else:
+                trainer.train(resume_from_checkpoint=resume)
+        except torch.OutOfMemoryError:
+            last = latest_checkpoint(output_dir)
+            raise StageError(
+                f"CUDA out of memory at --batch-size {settings.batch_size} with {seq_len}-token samples: rerun the same "
+                f"command with --batch-size {max(1, settings.batch_size // 2)} (the tokens per step stay "
+                f"{tokens_per_step}: accumulation doubles); it resumes from {last or 'the start (no checkpoint yet)'}") from None
     if finite.bad is not None:
         step, value = finite.bad
         good = [c for c in output_dir.glob("checkpoint-*") if checkpoint_step(c) <= finite.last_good_step]
@@ -392,17 +438,20 @@ def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizer
     say(f"{stage}: validation before training: " + ", ".join(f"{k}={v:.4f}" for k, v in start.items()))
     if stopper.received:
         raise Interrupted(stopper.received, f"{stage}: stopped by {stopper.received} at step {trainer.state.global_step}; "
-                                            f"checkpoint saved in {latest_checkpoint(output_dir)}. Rerun the same command to resume.")
-    extra_metrics = {**(extra_metrics or {}), "tokens_per_step": tokens_per_step,
+                                            f"checkpoint saved in {latest_checkpoint(output_dir)}. Rerun the same command "
+                                            f"without --overwrite to resume.")
+    extra_metrics = {**(extra_metrics or {}), "tokens_per_step": tokens_per_step, "grad_accum": grad_accum,
                      "step_end_times": [round(t, 4) for t in clock.times]}
-    metrics = finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra_metrics)
+    metrics = finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra_metrics, before_finish)
+    if writer:
+        writer.close()
     primary = f"eval_{next(iter(eval_datasets))}_loss"
     say(f"{stage}: validation loss {start[primary]:.4f} -> {metrics['validation_loss_end'][primary]:.4f} "
         f"(perplexity {metrics['perplexity_start']:.1f} -> {metrics['perplexity_end']:.1f}) in {metrics['steps']} steps")
     return metrics
 
 
-def finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra_metrics):
+def finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra_metrics, before_finish=None):
     """Final validation, the model (or adapter) + tokenizer as safetensors, a last sample, the
     settings, and metrics.json last: the mark of a finished stage (never with a non-finite loss)."""
     stage, output_dir, model = run.stage, run.output_dir, trainer.model
@@ -426,8 +475,10 @@ def finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         sampler.generate(model, trainer.state.global_step)
+        if before_finish is not None:
+            metrics.update(before_finish(trainer) or {})
         save_settings(settings, output_dir / "settings.json")
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if settings.record_batches:  # each rank's final weights: DDP ranks must agree
         trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
         (output_dir / f"weights-rank{rank()}.txt").write_text(models.tensor_digest(trained) + "\n")
@@ -447,7 +498,7 @@ def stage_run(settings, stage, inputs):
 
 
 def begin(settings):
-    """The opening of every train step: device warning, seed; returns the project folder."""
-    models.warn_if_cpu()
+    """The opening of every train step: the device set up, the seed; returns the project folder."""
+    models.set_up_device()
     torch.manual_seed(settings.seed)
     return project_dir(settings.project_dir)

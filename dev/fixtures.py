@@ -286,26 +286,25 @@ def build_project(project_dir, n_files=2, books_per_file=24, pages=4):
     return {"book_kinds": kinds, "novel": items}
 
 
-# The tiny settings that go with these inputs, per script: sizes shrunk, rates raised so that a
-# 100k-parameter model learns in seconds. The demo and the tests run the scripts with them.
-TINY_TRAIN = ["--warmup-steps", "3", "--eval-steps", "20", "--save-steps", "20", "--logging-steps", "10",
-              "--max-eval-samples", "32", "--sample-steps", "0", "--sample-new-tokens", "40"]
-TINY_STEPS = [
-    ("1a_prepare_gallica_fullweight.py", ["--n-samples", "96", "--seq-len", "64", "--max-samples-per-book", "24",
-                                          "--validation-samples", "12", "--validation-percent", "25", "--min-chars", "500"]),
-    ("1b_prepare_gallica_QLoRA.py", ["--n-samples", "40", "--seq-len", "128", "--max-samples-per-book", "8",
-                                     "--validation-samples", "6", "--validation-percent", "25", "--min-chars", "500"]),
-    ("1c_prepare_kafka.py", ["--seq-len", "128", "--stride", "32"]),
-    ("2a_train_gallica_fullweight.py", ["--max-steps", "40", "--batch-size", "8", "--grad-accum", "1", "--lr", "3e-3"] + TINY_TRAIN),
-    ("2b_train_gallica_QLoRA.py", ["--max-steps", "30", "--batch-size", "4", "--grad-accum", "1", "--lr", "1e-2",
-                                   "--lora-r", "8", "--lora-alpha", "16"] + TINY_TRAIN),
-    ("2c_train_kafka_QLoRA.py", ["--batch-size", "2", "--grad-accum", "1", "--lr", "1e-2"] + TINY_TRAIN),
-]
-TINY_CONTINUE = ["--new-tokens", "300", "--context-tokens", "128", "--chunk-tokens", "64"]
+# The tiny settings that go with these inputs are the run profile profiles/tiny/ (sizes shrunk,
+# rates raised so that a 100k-parameter model learns in seconds). The demo and the tests run the
+# scripts with them, in the curriculum's order.
+def tiny_steps():
+    from chateau import stages
+    from dev.runner import profile
+    return [(s.script, profile("tiny", s.name)) for s in stages.TABLE if s.kind in ("prepare", "train")
+            and s.name in CURRICULUM]
+
+
+CURRICULUM = ("1a", "1b", "1c", "2a", "2b", "2c")  # the default path; 2d is the alternative imprint
+TINY_STEPS = tiny_steps()
+TINY_CONTINUE = ["--config", str(Path(__file__).resolve().parents[1] / "profiles" / "tiny" / "3.json")]
 
 
 def tiny_flags(script):
-    return dict(TINY_STEPS)[script]
+    from chateau import stages
+    from dev.runner import profile
+    return profile("tiny", stages.stage_of_script(script))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,58 @@
-"""Running a numbered script as a user would, in a subprocess: the one runner of the tests, the
-demo and the benchmarks."""
+"""Running a numbered script as a user would: in this process (`call_script`: its `main(argv)`
+through the same `cli.run` as the command line, output captured) or in a subprocess
+(`run_script`, where a signal, a kill, a lock race or DDP is the point). The one runner of the
+tests, the demo and the benchmarks."""
+import contextlib
+import importlib.util
+import io
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ROOT / "profiles"
+
+
+def profile(name, stage):
+    """The flags that read run profile `name` (profiles/<name>/<stage>.json) for stage `stage`."""
+    return ["--config", str(PROFILES / name / f"{stage}.json")]
+
+
+_modules = {}
+
+
+def script_module(script):
+    """A numbered script imported as a module (its name starts with a digit: not importable by name)."""
+    if script not in _modules:
+        spec = importlib.util.spec_from_file_location(f"step_{Path(script).stem}", ROOT / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _modules[script] = module
+    return _modules[script]
+
+
+def call_script(project, script, *flags, check=True):
+    """Run `script`'s main(argv) in this process, as `python script --project-dir project flags`
+    would (same exit codes and messages, through cli.run); returns a CompletedProcess with the
+    captured output, or raises ScriptFailed when `check` and it failed. An unexpected exception
+    is exit code 1 with its traceback on stderr, as in a subprocess."""
+    from chateau import cli
+    argv = ["--project-dir", str(project), *map(str, flags)]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.run(script_module(script).main, argv)
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except Exception:  # noqa: BLE001 - what a user would see as a traceback
+            traceback.print_exc()
+            code = 1
+    result = subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise ScriptFailed(script, result)
+    return result
 
 
 class ScriptFailed(Exception):
