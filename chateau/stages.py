@@ -69,6 +69,8 @@ TABLE = (
           base="2a", recipe="qlora", data="1b", eval_also=("1a",)),
     Stage("2c", "2c_train_kafka_QLoRA.py", "models/2c_kafka_qlora", MERGED,
           base="2a", recipe="qlora", data="1c", eval_also=("1b",), adapter_from="2b"),
+    Stage("2d", "2d_train_kafka_fullweight.py", "models/2d_kafka_fullweight", FULL_MODEL,
+          base="2a", recipe="fullweight", data="1c", eval_also=("1a",)),
     Stage("3", "3_continue_kafka.py", "output", TEXT, reads=("2c", "1c")),
     Stage("4", "4_export_gguf.py", "models/2c_kafka_qlora/gguf", EXPORT, reads=("2c",)),
 )
