@@ -78,15 +78,16 @@ def main(argv=None):
         for kind in settings.types.split(","):
             path = out_dir / f"{settings.name}-{kind}.gguf"
             done = record.get(path.name, {})
-            if path.exists() and done.get("source") == model_digest and done.get("bytes") == path.stat().st_size \
-                    and not settings.overwrite:
+            # The one "already done" rule (chateau/lineage.py): a file whose record matches it and
+            # this model is done; one from another model needs --overwrite; a half-written one is not a file.
+            identity = {"source": model_digest, "stage": settings.stage, "type": kind}
+            whole = path.exists() and done.get("bytes") == path.stat().st_size
+            if lineage.already_done(done.get("identity") if whole else None, identity, settings.overwrite, str(path)):
                 say(f"already exported: {path} (pass --overwrite to write it again)")
                 continue
-            if path.exists() and done.get("source") != model_digest and not settings.overwrite:
-                raise StageError(f"{path} was exported from another model: pass --overwrite to replace it")
             say(f"4: writing {path} ...")
             gguf_files.export_gguf(source, path, kind, settings.name)
-            done = {"source": model_digest, "stage": settings.stage, "bytes": path.stat().st_size}
+            done = {"identity": identity, "stage": settings.stage, "bytes": path.stat().st_size}
             if settings.verify:
                 reference = reference or gguf_files.float_model(source)
                 done["round_trip"] = gguf_files.round_trip(source, path, project, source=reference)

@@ -30,6 +30,7 @@ COPY *.py notebook.ipynb docker-entrypoint.sh pyproject.toml /app/
 COPY chateau /app/chateau
 COPY dev /app/dev
 COPY bench /app/bench
+COPY profiles /app/profiles
 USER kafka
 
 VOLUME /project

@@ -21,10 +21,9 @@ from chateau import stages, training
 def main(project, stage, batch_size, steps, cap_gib=None):
     from datasets import load_from_disk
     cap_memory(cap_gib)
-    data_stage = next(s for s in stages.stage(stage).reads if s in stages.PREPARE_STAGES)
-    data = load_from_disk(str(stages.folder(project, data_stage)))["train"]
-    path = stages.folder(project, "2a")
-    if stage == "2a":
+    data = load_from_disk(str(stages.folder(project, stages.stage(stage).data)))["train"]
+    path = stages.folder(project, "2a")  # the bench's starting point keeps its real-shape model there
+    if stages.stage(stage).recipe == "fullweight":
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # the weights were saved in bf16
     else:
         from peft import LoraConfig, get_peft_model

@@ -22,27 +22,13 @@ from pathlib import Path
 from chateau import generation, models, scoreboard, stages
 from chateau.gguf_files import convert_gguf
 from dev import real_inputs
-from dev.runner import ROOT, ScriptFailed, run_script
+from dev.runner import ROOT, ScriptFailed, profile, run_script
 
-BASE = "models/SmolLM2-135M"
-SEQ = 256  # tokens per sample at every step: ~30 s per 1,000 trained tokens on 2 cores
-TRAIN = ["--base-model", BASE, "--logging-steps", "2", "--save-steps", "1000", "--sample-steps", "0",
-         "--max-eval-samples", "12", "--sample-new-tokens", "60"]
-GALLICA = ["--base-model", BASE, "--seq-len", str(SEQ), "--validation-samples", "12", "--max-samples-per-book", "12",
-           "--validation-percent", "12", "--min-chars", "2000"]
-STEPS = [  # (script, flags): sizes for ~30 minutes on 2 cores
-    ("1a_prepare_gallica_fullweight.py", [*GALLICA, "--n-samples", "96"]),
-    ("1b_prepare_gallica_QLoRA.py", [*GALLICA, "--n-samples", "48"]),
-    ("1c_prepare_kafka.py", ["--base-model", BASE, "--seq-len", str(SEQ), "--stride", "128"]),
-    ("2a_train_gallica_fullweight.py", [*TRAIN, "--max-steps", "14", "--batch-size", "4", "--grad-accum", "1",
-                                        "--lr", "1e-4", "--warmup-steps", "2", "--eval-steps", "7"]),
-    ("2b_train_gallica_QLoRA.py", [*TRAIN[2:], "--max-steps", "8", "--batch-size", "2", "--grad-accum", "1",
-                                   "--lr", "5e-4", "--warmup-steps", "1", "--eval-steps", "8", "--lora-r", "16",
-                                   "--lora-alpha", "32"]),
-    ("2c_train_kafka_QLoRA.py", [*TRAIN[2:], "--max-steps", "36", "--batch-size", "2", "--grad-accum", "1",
-                                 "--lr", "5e-4", "--warmup-steps", "2", "--eval-steps", "12"]),
-]
-CONTINUE = ["--new-tokens", "120", "--context-tokens", "384", "--chunk-tokens", "120"]
+BASE = "models/SmolLM2-135M"  # profiles/real-cpu/ names it as --base-model
+SEQ = 256  # tokens per sample at every step (profiles/real-cpu/): ~30 s per 1,000 trained tokens on 2 cores
+# (script, flags): the run profile profiles/real-cpu/, sized for ~30 minutes on 2 cores.
+STEPS = [(stages.script_of(name), profile("real-cpu", name)) for name in ("1a", "1b", "1c", "2a", "2b", "2c")]
+CONTINUE = profile("real-cpu", "3")
 SAMPLES, SAMPLE_TOKENS = 6, 100
 
 

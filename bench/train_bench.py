@@ -25,10 +25,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from chateau import models, stages, training
 from dev import fixtures
-from dev.runner import ROOT, run_script, script_env
+from dev.runner import ROOT, profile, run_script, script_env
 
 REAL = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
             num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
@@ -36,7 +37,9 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             num_key_value_heads=2, vocab_size=512, max_position_embeddings=2048)
 # Dense bf16 tensor-core peaks (FLOP/s) used for MFU, from the vendors' data sheets.
 PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "RTX 3090": 71e12, "RTX 4090": 165e12, "cpu": None}
+BENCHED = ("2a", "2b", "2c")  # the curriculum's default path; 2d is 2a's recipe at 2a's shape
 SEQ = {"2a": 512, "2b": 2048, "2c": 2048}
+DEFAULT_BATCH = {"2a": 8, "2b": 2, "2c": 2}  # the steps' default --batch-size, also the baseline's first try
 # (stage, label, flags): every lever measured against the stage's defaults. Batch sizes are per GPU.
 VARIANTS = [
     ("2a", "default (bs 8, checkpointing)", []),
@@ -57,6 +60,16 @@ def flops_per_token(shape, seq_len, lora):
     kv = d // shape["num_attention_heads"] * shape["num_key_value_heads"]
     n = L * (2 * d * d + 2 * d * kv + 3 * d * f) + d * v  # attention + MLP matrices, and the LM head
     return (4 if lora else 6) * n + 12 * L * d * seq_len
+
+
+def lora(stage):
+    return stages.stage(stage).recipe == "qlora"
+
+
+def flops_per_step(shape, stage):
+    """FLOPs of one micro-step of `stage` at its default batch: what scales one stage's measured
+    time into an estimate for another that has not run yet."""
+    return flops_per_token(shape, SEQ[stage], lora(stage)) * SEQ[stage] * DEFAULT_BATCH[stage]
 
 
 def build_project(project, shape, n_train):
@@ -80,7 +93,7 @@ def build_project(project, shape, n_train):
         DatasetDict({"train": Dataset.from_dict({"input_ids": ids(n_train)}),
                      "validation": Dataset.from_dict({"input_ids": ids(4)})}).save_to_disk(str(out))
         (out / "manifest.json").write_text(json.dumps({"settings": {"seq_len": seq}, "identity": {
-            "tokenizer_fingerprint": models.tokenizer_fingerprint(tokenizer)}}))
+            "inputs": {"tokenizer": models.tokenizer_fingerprint(tokenizer)}}}))
 
 
 def scratch_copy(prepared_project, scratch, stage=None):
@@ -98,11 +111,10 @@ def scratch_copy(prepared_project, scratch, stage=None):
 
 def run_stage(project, stage, flags, steps, cap):
     """One run of a train script; returns (tokens/s after warm-up, peak GiB, note)."""
-    common_flags = ["--max-steps", str(steps), "--grad-accum", "1", "--logging-steps", "1", "--eval-steps", "100000",
-                    "--save-steps", "100000", "--sample-steps", "0", "--max-eval-samples", "2", "--resume", "never",
-                    "--warmup-steps", "0"]
-    extra = ["--merge", "false"] if stage == "2c" else []
-    out = run_script(project, stages.script_of(stage), *common_flags, *extra, *flags, check=False,
+    batch = next((int(flags[i + 1]) for i, f in enumerate(flags) if f == "--batch-size"), DEFAULT_BATCH[stage])
+    # One micro-step per optimizer step: the row's batch is what is measured.
+    common_flags = [*profile("bench", stage), "--max-steps", str(steps), "--tokens-per-step", str(batch * SEQ[stage])]
+    out = run_script(project, stages.script_of(stage), *common_flags, *flags, check=False,
                      python=(sys.executable, "-m", "bench.capped", str(cap or 0)))
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines() or ["failed"]
@@ -143,18 +155,61 @@ def plan(chosen, lever_filter=""):
     return defaults + baselines + levers
 
 
+class Row(NamedTuple):
+    stage: str
+    label: str
+    tokens_per_second: float | None
+    peak_gib: float | None
+    note: str
+
+
+def estimate_seconds(stage, took, cost):
+    """Seconds a row of `stage` is expected to take: the longest row of that stage so far; for a
+    stage not timed yet, the timed stages' rows scaled by FLOPs per step (`cost`: {stage: FLOPs});
+    None when nothing has been timed (the first row is always tried while there is budget)."""
+    if stage in took:
+        return took[stage]
+    known = [seconds * cost[stage] / cost[other] for other, seconds in took.items()]
+    return max(known) if known else None
+
+
+def run_rows(planned, deadline, measure, cost, clock=time.time, after_row=None):
+    """Every planned (stage, label, flags) ends as one Row: measured by `measure(stage, label,
+    flags)` (-> Row), or skipped with its reason when the budget (`deadline`, on `clock`) cannot
+    hold it; a row whose measurement raises is a row with the error. Never stops early: the whole
+    table always comes back. `after_row(rows)` after each row (the table is rewritten)."""
+    rows, took = [], {}
+    for stage, label, flags in planned:
+        left = deadline - clock()
+        need = estimate_seconds(stage, took, cost)
+        if left <= 0:
+            rows.append(Row(stage, label, None, None, "skipped: the budget is spent"))
+        elif need is not None and need > left:
+            rows.append(Row(stage, label, None, None, f"skipped: ~{need:.0f} s needed, {left:.0f} s left"))
+        else:
+            started = clock()
+            try:
+                rows.append(measure(stage, label, flags))
+            except Exception as error:  # noqa: BLE001 - a failed row is a row, never the end of the table
+                rows.append(Row(stage, label, None, None, f"failed: {type(error).__name__}: {str(error)[:80]}"))
+            took[stage] = max(took.get(stage, 0.0), clock() - started)
+        if after_row:
+            after_row(rows)
+    return rows
+
+
 def format_rows(rows, shape, peak_flops):
     lines = [f"{'stage':5} {'configuration':38} {'peak GiB':>8} {'tokens/s':>9} {'MFU':>6} {'x base':>6}  note"]
     for stage, label, tps, peak, note in rows:
         base_tps = next((r[2] for r in rows if r[0] == stage and r[1].startswith("baseline")), None)
-        mfu = tps * flops_per_token(shape, SEQ[stage], stage != "2a") / peak_flops if tps and peak_flops else None
+        mfu = tps * flops_per_token(shape, SEQ[stage], lora(stage)) / peak_flops if tps and peak_flops else None
         cell = lambda x, spec, width: format(x, spec) if x is not None else "-".rjust(width)
         lines.append(f"{stage:5} {label:38} {cell(peak, '8.2f', 8)} {cell(tps, '9.0f', 9)} "
                      f"{cell(mfu and 100 * mfu, '5.1f', 5)}% {cell(tps and base_tps and tps / base_tps, '6.2f', 6)}  {note}")
     return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU: checks the script runs")
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (warm-up: the first quarter)")
@@ -162,45 +217,61 @@ def main():
     parser.add_argument("--only", default="", help="comma-separated stages to run (default: all)")
     parser.add_argument("--levers", default="", help="comma-separated words: only the levers whose label has one (default: all)")
     parser.add_argument("--budget-s", type=float, default=480,
-                        help="stop starting rows that would not finish within this many seconds (one 600 s command, with margin)")
+                        help="seconds for the whole run, set-up included: rows that would not fit are skipped "
+                             "(with their reason), never cut off (one 600 s command, with margin)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "train_bench.txt",
                         help="the table, rewritten after every row (on the lent GPU: $OUT/train_bench.txt)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import torch
     began = time.time()
+    deadline = began + args.budget_s
     cuda = torch.cuda.is_available()
     shape = TINY if args.tiny else REAL
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     peak_flops = next((v for k, v in PEAKS.items() if k in device), None)
-    work = Path(tempfile.mkdtemp(prefix="train_bench_"))
-    prepared_project = work / "prepared"
-    build_project(prepared_project, shape, n_train=max(64, args.steps * 16))
-    chosen = [s for s in ("2a", "2b", "2c") if not args.only or s in args.only.split(",")]
-    if "2c" in chosen:  # 2c continues 2b's adapter: make one in the starting point, unmeasured
-        run_stage(prepared_project, "2b", [], 2, args.memory_cap_gib)
     header = (f"device: {device}; peak {peak_flops / 1e12 if peak_flops else '?'} TFLOP/s bf16; cap {args.memory_cap_gib} GiB; "
               f"{time.strftime('%Y-%m-%d')}; torch {torch.__version__}; {args.steps} steps per row")
     print(header, flush=True)
-    rows, took = [], {}
-    for stage, label, flags in plan(chosen, args.levers):
-        left = args.budget_s - (time.time() - began)
-        if took.get(stage, 0) > left:
-            rows.append((stage, label, None, None, f"skipped: ~{took[stage]:.0f} s, {left:.0f} s left"))
-        else:
-            started = time.time()
-            # A baseline reads 2a's model and writes only its own folder; a step writes its stage's.
-            project = scratch_copy(prepared_project, work / "variant", stage if flags is not None else None)
-            if flags is None:
-                bs, tps, peak, note = run_baseline(project, stage, {"2a": 8, "2b": 2, "2c": 2}[stage], args.steps,
-                                                   args.memory_cap_gib)
-                rows.append((stage, f"baseline: plain Trainer{' + peft' if stage != '2a' else ''}, bs {bs}", tps, peak, note))
-            else:
-                rows.append((stage, label, *run_stage(project, stage, flags, args.steps, args.memory_cap_gib)))
-            took[stage] = max(took.get(stage, 0), time.time() - started)
-        table = format_rows(rows, shape, peak_flops)
-        args.out.write_text(f"{header}\n\n{table}\n")  # a cut-off run still leaves its figures
-        print(f"  {rows[-1]}", flush=True)
-    print(f"\n{table}\n\n{time.time() - began:.0f} s; table in {args.out}")
+    chosen = [s for s in BENCHED if not args.only or s in args.only.split(",")]
+    planned = plan(chosen, args.levers)
+
+    # Set-up, inside the budget: the real-shape starting point, and the 2b adapter 2c continues.
+    work = Path(tempfile.mkdtemp(prefix="train_bench_"))
+    prepared_project = work / "prepared"
+    build_project(prepared_project, shape, n_train=max(64, args.steps * 16))
+    adapter_note = {}  # stage -> why the adapter it continues could not be made ("" when it was)
+    for stage in chosen:  # 2c continues 2b's adapter: make one in the starting point, unmeasured
+        source = stages.stage(stage).adapter_from
+        if source and time.time() < deadline:
+            adapter_note[stage] = run_stage(prepared_project, source, [], 2, args.memory_cap_gib)[2]
+        elif source:
+            adapter_note[stage] = f"the budget was spent before the {source} adapter was made"
+    set_up = time.time() - began
+    print(f"budget {args.budget_s:.0f} s: set-up took {set_up:.0f} s (starting point"
+          + "".join(f", {stages.stage(s).adapter_from} adapter for {s}" for s in adapter_note)
+          + f"); {max(0.0, args.budget_s - set_up):.0f} s for "
+          f"{len(planned)} rows in this order: each stage's default, the baselines, then the levers", flush=True)
+
+    def measure(stage, label, flags):
+        if adapter_note.get(stage):
+            return Row(stage, label, None, None, f"not run: no {stages.stage(stage).adapter_from} adapter to continue "
+                                                 f"({adapter_note[stage]})")
+        # A baseline reads 2a's model and writes only its own folder; a step writes its stage's.
+        project = scratch_copy(prepared_project, work / "variant", stage if flags is not None else None)
+        if flags is None:
+            bs, tps, peak, note = run_baseline(project, stage, DEFAULT_BATCH[stage], args.steps, args.memory_cap_gib)
+            return Row(stage, f"baseline: plain Trainer{' + peft' if lora(stage) else ''}, bs {bs}", tps, peak, note)
+        return Row(stage, label, *run_stage(project, stage, flags, args.steps, args.memory_cap_gib))
+
+    def write_table(rows):
+        args.out.write_text(f"{header}\n\n{format_rows(rows, shape, peak_flops)}\n")  # a cut-off run still leaves its figures
+        print(f"  {tuple(rows[-1])}", flush=True)
+
+    cost = {stage: flops_per_step(shape, stage) for stage in BENCHED}
+    rows = run_rows(planned, deadline, measure, cost, after_row=write_table)
+    table = format_rows(rows, shape, peak_flops)
+    args.out.write_text(f"{header}\n\n{table}\n")
+    print(f"\n{table}\n\n{time.time() - began:.0f} s (budget {args.budget_s:.0f} s); table in {args.out}")
 
 
 if __name__ == "__main__":

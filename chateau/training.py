@@ -86,7 +86,7 @@ def accumulation(settings, seq_len, world):
     processes). A combination that does not divide is refused, naming what would."""
     per_micro_step = settings.batch_size * seq_len * world
     if settings.tokens_per_step % per_micro_step:
-        fits = [b for b in range(1, settings.batch_size * 2 + 1) if settings.tokens_per_step % (b * seq_len * world) == 0]
+        fits = [b for b in range(1, settings.batch_size + 1) if settings.tokens_per_step % (b * seq_len * world) == 0]
         raise StageError(f"--tokens-per-step {settings.tokens_per_step} is not a multiple of --batch-size "
                          f"{settings.batch_size} x {seq_len}-token samples x {world} process(es) = {per_micro_step}: "
                          f"use --batch-size {max(fits) if fits else 1}" + ("" if fits else " and a --tokens-per-step that "

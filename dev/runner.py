@@ -84,7 +84,7 @@ def run_script(project, script, *flags, check=True, timeout=None, env=None, pyth
     return result
 
 
-def start_script(project, script, *flags, **popen):
-    """The same, started in the background (to be interrupted): a Popen."""
-    return subprocess.Popen(command(project, script, *flags), env=popen.pop("env", None) or script_env(project),
+def start_script(project, script, *flags, python=(sys.executable,), **popen):
+    """The same, started in the background (to be interrupted, or beside another): a Popen."""
+    return subprocess.Popen(command(project, script, *flags, python=python), env=popen.pop("env", None) or script_env(project),
                             cwd=ROOT, **popen)

@@ -8,16 +8,22 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # a hub id would hang ~23 s before failing
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_home_"))  # datasets caches parquet there
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
+from chateau import stages  # noqa: E402
 from dev import fixtures  # noqa: E402
 from dev.fixtures import tiny_flags  # noqa: E402,F401  (the tests' tiny settings are the demo's)
-from dev.runner import ROOT, ScriptFailed, run_script as _run_script, script_env  # noqa: E402,F401
+from dev.runner import ROOT, ScriptFailed, call_script, run_script as _run_script, script_env  # noqa: E402,F401
 
 
-def run_script(project, script, *flags, check=True, timeout=300, **options):
-    """Run a numbered script as a user would; returns the CompletedProcess (fails the test when
-    `check` and the script failed, with its output). `options`: env, python (see dev.runner)."""
+def run_script(project, script, *flags, check=True, subprocess=False, timeout=300, **options):
+    """Run a numbered script as a user would: its main(argv) in this process (the default: no
+    interpreter start, no second import of torch), or, with `subprocess=True` or `options` (env,
+    python: see dev.runner), in its own process, where a signal, a kill, a lock race, an
+    environment or DDP is the point. Returns the CompletedProcess (fails the test when `check` and
+    the script failed, with its output)."""
     try:
-        return _run_script(project, script, *flags, check=check, timeout=timeout, **options)
+        if subprocess or options:
+            return _run_script(project, script, *flags, check=check, timeout=timeout, **options)
+        return call_script(project, script, *flags, check=check)
     except ScriptFailed as failed:
         raise AssertionError(str(failed)) from None
 
@@ -53,5 +59,6 @@ def pipeline(inputs_dir, tmp_path_factory):
     src, info = inputs_dir
     project = tmp_path_factory.mktemp("pipeline") / "project"
     shutil.copytree(src, project)
-    outputs = {script: run_script(project, script, *flags) for script, flags in fixtures.TINY_STEPS}
+    steps = fixtures.TINY_STEPS + [(stages.script_of("2d"), fixtures.tiny_flags(stages.script_of("2d")))]
+    outputs = {script: run_script(project, script, *flags) for script, flags in steps}
     return project, info, outputs

@@ -1,7 +1,11 @@
-"""The benchmarks run (tiny mode, CPU) and print the numbers they promise; no timing is asserted."""
+"""The benchmarks run (tiny mode, CPU) and print the numbers they promise; no timing is asserted.
+The train bench's budget: every planned row comes back, measured or skipped with its reason."""
 import subprocess
 import sys
 
+import pytest
+
+from bench import train_bench
 from conftest import ROOT
 
 
@@ -17,9 +21,9 @@ def test_prepare_bench_prints_throughputs_ratio_and_memory():
         assert label in out
 
 
-def test_train_bench_runs_the_real_code_path_and_a_baseline_and_a_failure_is_a_row(tmp_path):
-    out = run("-m", "bench.train_bench", "--tiny", "--steps", "4", "--only", "2a,2c", "--levers", "liger",
-              "--out", tmp_path / "t.txt")
+def test_train_bench_runs_the_real_code_path_and_a_baseline_and_a_failure_is_a_row(tmp_path, capsys):
+    train_bench.main(["--tiny", "--steps", "4", "--only", "2a,2c", "--levers", "liger", "--out", str(tmp_path / "t.txt")])
+    out = capsys.readouterr().out
     table = (tmp_path / "t.txt").read_text().split("stage configuration")[1].splitlines()
     assert any(l.startswith("2c    baseline: plain Trainer + peft") for l in table)
     for stage in ("2a", "2c"):  # on CPU there is no GPU memory to report: speed is what is measured
@@ -29,4 +33,66 @@ def test_train_bench_runs_the_real_code_path_and_a_baseline_and_a_failure_is_a_r
     liger = next(l for l in table if "liger kernels" in l)  # liger-kernel is not installed here: a row with its reason
     assert "liger" in liger.lower().split("kernels", 1)[1]
     assert not any("missing or incomplete" in l for l in table)  # a failed row never takes others down
-    assert "baseline: plain Trainer, bs 8" in out
+    assert "baseline: plain Trainer, bs 8" in out and "set-up took" in out
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def measured_in(clock, seconds):
+    """A measurement that takes `seconds[stage]` on the fake clock."""
+    def measure(stage, label, flags):
+        clock.now += seconds[stage]
+        return train_bench.Row(stage, label, 100.0, None, "")
+    return measure
+
+
+PLANNED = train_bench.plan(list(train_bench.BENCHED))
+COST = {stage: train_bench.flops_per_step(train_bench.REAL, stage) for stage in train_bench.BENCHED}
+SECONDS = {"2a": 10.0, "2b": 40.0, "2c": 40.0}
+
+
+@pytest.mark.parametrize("budget, measured, first_skipped", [
+    (0, 0, 0),                                   # spent before 2a (by the set-up)
+    (10 + 40 + 5, 2, 2),                         # runs out between 2b's and 2c's defaults
+    (10 + 40 + 40 + 10 + 40 + 40 + 10 + 5, 7, 7),  # defaults and baselines, one lever, then out mid-levers
+])
+def test_every_planned_row_comes_back_whatever_the_budget(budget, measured, first_skipped):
+    clock = FakeClock()
+    rows = train_bench.run_rows(PLANNED, budget, measured_in(clock, SECONDS), COST, clock=clock)
+    assert [(r.stage, r.label) for r in rows] == [(s, label) for s, label, _ in PLANNED]  # every row, in order
+    done = [r for r in rows if not r.note.startswith("skipped")]
+    assert len(done) == measured and all(r.note.startswith("skipped") for r in rows[first_skipped:first_skipped + 1])
+    for row in rows:
+        assert row.tokens_per_second or "skipped: " in row.note  # a reason for each row not measured
+    assert clock.now <= max(budget, 0) + 1e-9  # no row was started that the budget could not hold
+
+
+def test_a_stage_never_timed_is_estimated_from_the_others_by_flops():
+    # 2a timed at 10 s; 2c not yet: its estimate is 10 s x (2c's FLOPs per step / 2a's), never a KeyError.
+    assert train_bench.estimate_seconds("2c", {"2a": 10.0}, COST) == pytest.approx(10.0 * COST["2c"] / COST["2a"])
+    assert train_bench.estimate_seconds("2c", {}, COST) is None
+
+
+def test_a_row_that_raises_is_a_row_and_the_table_goes_on():
+    clock = FakeClock()
+
+    def measure(stage, label, flags):
+        if stage == "2b":
+            raise RuntimeError("boom")
+        return train_bench.Row(stage, label, 1.0, None, "")
+    rows = train_bench.run_rows(PLANNED, 1000, measure, COST, clock=clock)
+    assert len(rows) == len(PLANNED) and any("failed: RuntimeError: boom" in r.note for r in rows if r.stage == "2b")
+
+
+def test_train_bench_with_its_budget_spent_at_set_up_prints_every_row_and_exits_0(tmp_path, capsys):
+    out_file = tmp_path / "t.txt"
+    train_bench.main(["--tiny", "--budget-s", "0", "--out", str(out_file)])
+    table = out_file.read_text().split("stage configuration")[1].strip().splitlines()[1:]
+    assert len(table) == len(PLANNED) and all("skipped: the budget is spent" in line for line in table)
+    assert "set-up took" in capsys.readouterr().out

@@ -92,7 +92,7 @@ def test_a_driver_too_old_for_the_cuda_build_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(models, "nvidia_driver_version", lambda: "535.104.05")
     with pytest.raises(StageError) as error:
-        models.warn_if_cpu()
+        models.set_up_device()
     assert "535.104.05" in error.value.message and "580" in error.value.message and "cu126" in error.value.message
     monkeypatch.setattr(models, "nvidia_driver_version", lambda: None)  # no NVIDIA GPU at all: a CPU run
-    models.warn_if_cpu()
+    models.set_up_device()

@@ -77,3 +77,17 @@ def test_bad_settings_are_refused(flags, expected, pipeline):
 def test_an_unfinished_stage_is_not_exported(fresh_project):
     project, _ = fresh_project
     one_error_line(run_script(project, EXPORT, check=False), "2c_train_kafka_QLoRA.py")
+
+
+def test_2d_is_exported_and_continued_like_2c(pipeline, tmp_path):
+    """2d, one row of the stage table: step 4 --stage 2d and step 3 --stage 2d take it as they are."""
+    project = tmp_path / "p"
+    shutil.copytree(pipeline[0], project, ignore=shutil.ignore_patterns("checkpoint-*"))
+    out = run_script(project, EXPORT, "--stage", "2d", "--types", "f16")
+    record = json.loads((stages.export_dir(project, "2d") / "export.json").read_text())
+    trip = record["kafka-chateau-f16.gguf"]["round_trip"]
+    assert record["kafka-chateau-f16.gguf"]["stage"] == "2d" and trip["top1_agreement"] >= 0.99, out.stdout
+    run_script(project, "3_continue_kafka.py", "--stage", "2d", "--new-tokens", "20", "--context-tokens", "64",
+               "--chunk-tokens", "10")
+    text = (project / "output" / "continuation_2d.md").read_text()
+    assert str(stages.folder(project, "2d")) in text and text.split("\n---\n", 1)[1].strip()

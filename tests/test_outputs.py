@@ -49,13 +49,14 @@ def test_artifacts_and_repetition_on_hand_written_texts():
 def test_scoreboard_rows_and_files(pipeline):
     project = pipeline[0]
     rows = scoreboard.build(project, n_samples=2, max_eval_samples=8)
-    assert [r["stage"] for r in rows] == ["base", "2a", "2b", "2c"]
+    assert [r["stage"] for r in rows] == ["base", "2a", "2b", "2c", "2d"]  # every model stage of the table
     by = {r["stage"]: r for r in rows}
     assert by["2c"]["novel_perplexity"] < by["2b"]["novel_perplexity"]  # 2c imprinted the novel
+    assert by["2d"]["novel_perplexity"] < by["2a"]["novel_perplexity"]  # and so did 2d, its alternative
     assert by["2a"]["french_perplexity"] < by["base"]["french_perplexity"]  # 2a learned French
     board = json.loads((project / "output" / "scoreboard.json").read_text())
     assert board["rows"] == rows and len(board["prompts"]) == 2 and board["lexicon"]
-    assert set(board["samples"]) == {"base", "2a", "2b", "2c"}
+    assert set(board["samples"]) == {"base", "2a", "2b", "2c", "2d"}
     # the references calibrate the measures: the held-out slice is the novel (Delta 0 to itself)
     assert board["references"]["novel_held_out"]["delta_novel"] == 0
     assert (project / "output" / "scoreboard.csv").read_text().startswith("stage,novel_perplexity")
@@ -67,8 +68,9 @@ def test_scoreboard_skips_unfinished_stages_with_a_note(pipeline, tmp_path, caps
     shutil.copytree(pipeline[0], project, ignore=shutil.ignore_patterns("checkpoint-*"))
     (stages.folder(project, "2b") / "metrics.json").unlink()  # as if 2b were still training
     rows = scoreboard.build(project, n_samples=1, max_eval_samples=2, sampling=scoreboard.generation.Sampling(new_tokens=4))
-    assert [r["stage"] for r in rows] == ["base", "2a", "2c"]
-    assert "skipped 2b: not finished" in capsys.readouterr().out
+    assert [r["stage"] for r in rows] == ["base", "2a", "2d"]  # 2c was made from the 2b that is gone: stale
+    out = capsys.readouterr().out
+    assert "skipped 2b: not finished" in out and "step 2c is stale: 2b changed" in out
 
 
 def test_download_planner():

@@ -26,7 +26,9 @@ def test_prepared_data_has_the_contracted_shape(pipeline):
         for split in ("train", "validation"):
             assert len(data[split]) > 0
             assert {len(row) for row in data[split]["input_ids"]} == {seq_len}
-        assert manifest["identity"]["tokenizer_fingerprint"] and manifest["identity"]["sources"] and manifest["versions"]["torch"]
+        inputs = manifest["identity"]["inputs"]
+        assert inputs["tokenizer"] and inputs["sources"] and manifest["identity"]["settings"]["seq_len"] == seq_len
+        assert manifest["versions"]["torch"]
         assert (out / "settings.json").exists()
     assert (stages.folder(project, "1c") / "clean_text.txt").read_text().strip()
 
@@ -41,7 +43,7 @@ def test_gallica_steps_share_no_book(pipeline):
             assert not a & b
 
 
-@pytest.mark.parametrize("stage", ["2a", "2b", "2c"])
+@pytest.mark.parametrize("stage", stages.TRAIN_STAGES)
 def test_each_training_stage_learns(pipeline, stage):
     project, _, _ = pipeline
     m = metrics(project, stage)

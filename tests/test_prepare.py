@@ -108,15 +108,14 @@ def test_rerun_is_byte_identical_and_says_already_prepared(fresh_project):
     assert "already prepared" in again.stdout
     run_script(project, script, *tiny_flags(script), "--overwrite", "--num-proc", "1")
     assert shard_hashes(stages.folder(project, "1a")) == first
-    other = run_script(project, script, *tiny_flags(script)[:-2], "--min-chars", "400", check=False)
+    other = run_script(project, script, *tiny_flags(script), "--min-chars", "400", check=False)
     assert other.returncode == 2 and "--overwrite" in other.stderr
     assert shard_hashes(stages.folder(project, "1a")) == first  # nothing overwritten
 
 
 def test_too_small_corpus_says_what_is_missing(fresh_project):
     project, _ = fresh_project
-    flags = list(tiny_flags(GALLICA[0]))
-    flags[flags.index("--n-samples") + 1] = "5000"
+    flags = [*tiny_flags(GALLICA[0]), "--n-samples", "5000"]
     out = run_script(project, GALLICA[0], *flags, check=False)
     assert out.returncode == 2 and re.search(r"gives \d+ of 5000 training .* about \d+ more files", out.stderr)
     assert not (stages.folder(project, "1a")).exists()

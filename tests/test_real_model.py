@@ -16,7 +16,7 @@ from dev import real_inputs
 BASE = "models/SmolLM2-135M"
 TINY = ["--base-model", BASE]
 TRAIN = ["--logging-steps", "1", "--save-steps", "100", "--sample-steps", "0", "--max-eval-samples", "2",
-         "--sample-new-tokens", "8", "--batch-size", "2", "--grad-accum", "1", "--warmup-steps", "0", "--eval-steps", "100"]
+         "--sample-new-tokens", "8", "--batch-size", "2", "--tokens-per-step", "128", "--warmup-steps", "0", "--eval-steps", "100"]
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,12 @@ def test_rerunning_a_finished_stage_changes_nothing_and_other_settings_need_over
     before = two_a_files(project)
     again = run_script(project, TWO_A, *tiny_flags(TWO_A))
     assert "already trained" in again.stdout and two_a_files(project) == before
+    # The run replayed from its own settings.json: the same run, so nothing to do.
+    replay = run_script(project, TWO_A, "--config", stages.folder(project, "2a") / "settings.json")
+    assert "already trained" in replay.stdout and two_a_files(project) == before
+    # How a run is executed (batch per device, frequencies) is not what it makes.
+    again = run_script(project, TWO_A, *tiny_flags(TWO_A), "--batch-size", "4", "--eval-steps", "5", "--save-steps", "7")
+    assert "already trained" in again.stdout and two_a_files(project) == before
     other = run_script(project, TWO_A, *tiny_flags(TWO_A), "--max-steps", "6", "--lr", "5e-3", check=False)
     one_error_line(other, "--overwrite")
     assert two_a_files(project) == before  # settings.json still says what the model was trained with

@@ -39,13 +39,13 @@ def interrupt_after_first_checkpoint(project, script, flags):
     proc.send_signal(signal.SIGTERM)  # what `docker stop` sends
     output = proc.communicate(timeout=240)[0]
     assert proc.returncode == 143, output[-3000:]
-    assert "Rerun the same command to resume" in output
+    assert "Rerun the same command without --overwrite to resume" in output
     return int(training.latest_checkpoint(out_dir).rsplit("-", 1)[1])
 
 
 @pytest.mark.parametrize("script, weights, extra", [
     ("2a_train_gallica_fullweight.py", "model.safetensors", ["--max-steps", "16"]),
-    ("2c_train_kafka_QLoRA.py", "adapter_model.safetensors", ["--merge", "false"]),
+    ("2c_train_kafka_QLoRA.py", "adapter_model.safetensors", ["--max-steps", "12", "--merge", "false"]),
 ])
 def test_interrupted_and_resumed_run_equals_uninterrupted(pipeline, tmp_path, script, weights, extra):
     stage = script[:2]
@@ -68,6 +68,29 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(pipeline, tmp_path, sc
     assert start_a == start_b  # the "before" loss is the first run's, not the resumed one's
 
 
+def test_signal_handlers_are_put_back_after_training():
+    def mine(signum, frame):
+        pass
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with training.StopOnSignal() as stopper:
+            assert signal.getsignal(signal.SIGTERM) == stopper._handle
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_accumulation_is_derived_and_a_combination_that_does_not_divide_is_refused():
+    settings = training.TrainSettings(tokens_per_step=65536, batch_size=8)
+    assert training.accumulation(settings, 512, 1) == 16 and training.accumulation(settings, 512, 2) == 8
+    assert training.accumulation(settings, 512, 16) == 1
+    with pytest.raises(StageError) as error:
+        training.accumulation(training.TrainSettings(tokens_per_step=65536, batch_size=3), 512, 1)
+    assert "--batch-size 2" in error.value.message  # the nearest batch that divides
+    with pytest.raises(StageError):
+        training.accumulation(settings, 512, 32)  # 8 x 512 x 32 > 64k: more than one step's tokens
+
+
 def test_half_written_checkpoint_is_never_resumed(tmp_path):
     good, bad = tmp_path / "checkpoint-4", tmp_path / "checkpoint-8"
     good.mkdir(), bad.mkdir()
@@ -76,23 +99,53 @@ def test_half_written_checkpoint_is_never_resumed(tmp_path):
     assert training.latest_checkpoint(tmp_path) == str(good)
 
 
-@pytest.mark.parametrize("script", ["2a_train_gallica_fullweight.py", "2b_train_gallica_QLoRA.py"])
-def test_two_processes_over_gloo(pipeline, tmp_path, script):
-    stage = script[:2]
-    project = project_without(pipeline, tmp_path, "ddp", stage)
-    flags = [*tiny_flags(script), "--max-steps", "6", "--save-steps", "100", "--sample-steps", "0", "--record-batches"]
-    env = dict(script_env(project), ACCELERATE_USE_CPU="true")  # torchrun, not `accelerate launch --cpu` (one process)
-    run_script(project, script, *flags, env=env,
-               python=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"))
-    out_dir = stages.folder(project, stage)
+def check_ddp_run(out_dir, steps, tokens_per_step):
     batches = [(out_dir / f"batches-rank{r}.txt").read_text().split("\n")[:-1] for r in (0, 1)]
-    assert len(batches[0]) == len(batches[1]) == 6  # each rank ran every step on its own half
+    assert len(batches[0]) == len(batches[1]) == steps  # each rank ran every step on its own half
     assert not {l.split()[1] for l in batches[0]} & {l.split()[1] for l in batches[1]}
     weights = [(out_dir / f"weights-rank{r}.txt").read_text() for r in (0, 1)]
     assert weights[0] == weights[1]  # gradients were all-reduced: identical weights
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["tokens_seen"] == 2 * 6 * int(flags[flags.index("--batch-size") + 1]) * \
-        {"2a": 64, "2b": 128}[stage]
+    # The curriculum's tokens per step, whatever the number of processes: no arithmetic by the user.
+    assert metrics["world_size"] == 2 and metrics["tokens_per_step"] == tokens_per_step
+    assert metrics["tokens_seen"] == steps * tokens_per_step
+
+
+DDP_FLAGS = ["--max-steps", "6", "--save-steps", "100", "--sample-steps", "0", "--record-batches"]
+
+
+def test_two_processes_over_gloo_keep_the_tokens_per_step(pipeline, tmp_path):
+    """torchrun with 2 processes, the profile's own --tokens-per-step (512): each process takes
+    2 samples of 128 per micro-step and accumulation is derived (1)."""
+    script = "2b_train_gallica_QLoRA.py"
+    project = project_without(pipeline, tmp_path, "ddp", "2b")
+    env = dict(script_env(project), ACCELERATE_USE_CPU="true")  # torchrun, not `accelerate launch --cpu` (one process)
+    run_script(project, script, *tiny_flags(script), *DDP_FLAGS, "--batch-size", "2", env=env,
+               python=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"))
+    check_ddp_run(stages.folder(project, "2b"), 6, 512)
+    refused = run_script(project, script, *tiny_flags(script), *DDP_FLAGS, "--batch-size", "3", "--overwrite", env=env,
+                         check=False, python=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"))
+    assert "--tokens-per-step 512 is not a multiple of --batch-size 3" in refused.stderr
+
+
+def test_two_nodes_on_localhost_keep_the_tokens_per_step(pipeline, tmp_path):
+    """The README's two-node command, both "nodes" on 127.0.0.1 (gloo): 2a's 512 tokens per step
+    from 2 x 4 samples of 64, nothing to compute by hand."""
+    import socket
+    script = "2a_train_gallica_fullweight.py"
+    project = project_without(pipeline, tmp_path, "nodes", "2a")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(script_env(project), ACCELERATE_USE_CPU="true")
+    nodes = [start_script(project, script, *tiny_flags(script), *DDP_FLAGS, "--batch-size", "4", env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          python=(sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                                  "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port)))
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    check_ddp_run(stages.folder(project, "2a"), 6, 512)
 
 
 def test_stochastic_rounding_keeps_small_updates():
@@ -101,6 +154,7 @@ def test_stochastic_rounding_keeps_small_updates():
     two_a = importlib.import_module("2a_train_gallica_fullweight")
     os.environ["TORCHDYNAMO_DISABLE"] = "1"
     settings = two_a.Settings(lr=1e-5, weight_decay=0.0)
+    from chateau.fullweight import make_optimizer
     torch.manual_seed(0)
     w0 = 1 + torch.rand(64, 64)
     ref = torch.nn.Linear(64, 64, bias=False)
@@ -108,7 +162,7 @@ def test_stochastic_rounding_keeps_small_updates():
     low = torch.nn.Linear(64, 64, bias=False).to(torch.bfloat16)
     low.weight.data = w0.to(torch.bfloat16)
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-5, weight_decay=0.0)
-    sr_opt = two_a.make_optimizer(low, settings)
+    sr_opt = make_optimizer(low, settings)
     nearest = w0.to(torch.bfloat16)
     for _ in range(50):
         g = torch.ones(64, 64)  # Adam's step is then exactly -lr per element
@@ -188,5 +242,24 @@ def test_cuda_out_of_memory_names_the_settings_to_lower(pipeline, tmp_path, monk
     with pytest.raises(StageError) as error:
         training.fit(settings, run, model, AutoTokenizer.from_pretrained(project / stages.BASE_MODEL),
                      data["train"], {"1a": data["validation"]})
-    assert "out of memory at --batch-size 8" in error.value.message and "--grad-accum" in error.value.message
-    assert "--seq-len" in error.value.message
+    assert "out of memory at --batch-size 8" in error.value.message
+    assert "rerun the same command with --batch-size 4" in error.value.message and "resumes" in error.value.message
+
+
+def test_the_out_of_memory_advice_resumes_from_the_checkpoint(pipeline, tmp_path):
+    """What the OOM line tells the user to do, done: the same command with half the batch per
+    device continues from the last checkpoint (same tokens per step: accumulation doubles)."""
+    project = tmp_path / "oom"
+    shutil.copytree(pipeline[0], project)
+    out_dir = stages.folder(project, "2a")
+    for later in ("metrics.json", "checkpoint-40"):  # killed (out of memory) after checkpoint-20
+        path = out_dir / later
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    script = "2a_train_gallica_fullweight.py"
+    out = run_script(project, script, *tiny_flags(script), "--batch-size", "4")
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 40 and metrics["grad_accum"] == 2 and metrics["tokens_per_step"] == 512
+    assert "already trained" not in out.stdout
+    state = json.loads((out_dir / "checkpoint-40" / "trainer_state.json").read_text())
+    assert [h["step"] for h in state["log_history"] if "loss" in h][0] == 10  # the log goes on from the first run's
+
