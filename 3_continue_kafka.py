@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from chateau import generation, models, stages
+from chateau import generation, lineage, models, stages
 from chateau.cli import StageError, group, parse_settings, positive, project_dir, run, setting
 
 
@@ -31,7 +31,8 @@ class Settings:
     prompt_file: str = setting("", "file whose text is the prompt")
     context_tokens: int = setting(1536, "tokens of context the model sees (TinyLlama's 2048 minus one chunk)")
     chunk_tokens: int = setting(512, "tokens written per window")
-    output: str = setting("", "output file (default: output/continuation_<stage>.md)")
+    output: str = setting("", "output file, relative to the project folder or absolute (default: output/continuation_<stage>.md)")
+    allow_stale: bool = setting(False, "continue with a stage whose inputs changed since it was trained (said in the file's header)")
     # --prompt (default: the end of the novel's clean text), --new-tokens (4000, ~3,000 words: a
     # chapter), --temperature, --top-p, --repetition-penalty, --seed.
     sampling: generation.Sampling = group(chapter_sampling, "", "sampling settings")
@@ -44,7 +45,26 @@ class Settings:
             out.append("give --prompt or --prompt-file, not both")
         if self.prompt_file and not Path(self.prompt_file).is_file():
             out.append(f"--prompt-file {self.prompt_file} does not exist")
+        elif self.prompt_file:
+            try:
+                Path(self.prompt_file).read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                out.append(f"--prompt-file {self.prompt_file} is not UTF-8 text: save it as UTF-8")
         return out
+
+
+def output_path(project, settings):
+    """Where the chapter goes: --output relative to the project folder (not to the code's folder),
+    never inside a stage's folder (a finished stage's files are not step 3's to overwrite)."""
+    out = project / (settings.output or f"output/continuation_{settings.stage}.md")
+    resolved = out.resolve()
+    for step in stages.TABLE:
+        if step.kind in ("prepare", "train") and resolved.is_relative_to(step.folder(project).resolve()):
+            raise StageError(f"--output {settings.output} is inside step {step.name}'s folder ({step.folder(project)}): "
+                             f"write the continuation elsewhere, e.g. output/")
+    if resolved.is_dir():
+        raise StageError(f"--output {settings.output} is a folder: give a file name")
+    return out
 
 
 def main(argv=None):
@@ -53,10 +73,13 @@ def main(argv=None):
     project = project_dir(settings.project_dir)
     sampling = settings.sampling
 
+    out = output_path(project, settings)
+
     # 1. Model and prompt: by default the novel's last tokens, exactly as step 2c read them.
-    model, tokenizer = generation.load_stage(project, settings.stage, settings.base_model)
+    model, tokenizer = generation.load_stage(project, settings.stage, settings.base_model, allow_stale=settings.allow_stale)
+    stale = None if settings.stage == "base" else lineage.stale_reason(project, settings.stage)
     if sampling.prompt or settings.prompt_file:
-        prompt = sampling.prompt or Path(settings.prompt_file).read_text()
+        prompt = sampling.prompt or Path(settings.prompt_file).read_text(encoding="utf-8")
     else:
         clean_text = models.require(stages.folder(project, stages.NOVEL_DATA) / "clean_text.txt", "the novel's clean text",
                                     stages.stage(stages.NOVEL_DATA).hint())
@@ -72,10 +95,9 @@ def main(argv=None):
     text = tokenizer.decode(new_ids, skip_special_tokens=True)
 
     # 3. Write the chapter with how it was made.
-    out = Path(settings.output) if settings.output else project / "output" / f"continuation_{settings.stage}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     shown = {k: v for k, v in vars(settings).items() if k not in ("project_dir", "output", "sampling")} | vars(sampling)
-    header = "\n".join(f"- {k}: {v}" for k, v in shown.items())
+    header = "\n".join(f"- {k}: {v}" for k, v in shown.items()) + (f"\n- STALE MODEL (--allow-stale): {stale}" if stale else "")
     partial = out.with_suffix(".md.partial")
     partial.write_text(f"# Le Château, continued ({settings.stage})\n\n{header}\n- model: {stages.model_dir(project, settings.stage, settings.base_model)}\n"
                        f"- generated tokens: {len(new_ids)}\n- written: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}\n\n"

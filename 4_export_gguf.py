@@ -8,38 +8,44 @@ Reads a finished stage's full model (default 2c's merged/: 2a's weights with the
 merged in at full precision, never into 4-bit weights) and writes models/<stage>/gguf/:
   <name>-f16.gguf    every matrix in float16 (TinyLlama: ~2.2 GB)
   <name>-q8_0.gguf   every matrix in 8-bit blocks (~1.2 GB), practically lossless
-  <name>-q4_k_m.gguf when llama.cpp's `llama-quantize` is on PATH (~0.7 GB)
+  <name>-q4_k_m.gguf from the f16 file by llama.cpp's own quantizer (~0.7 GB; the laptop size)
   Modelfile          for `ollama create`: a plain completion model, the project's sampling settings
-  export.json        what each file was made from, its size and its round-trip figures
-Each file is written under a temporary name and renamed when complete; then it is read back with
-transformers and checked: top-1 next-token agreement and perplexity against the source model on
-the novel's held-out windows, and the tokenizer's ids on a page of the novel.
+  export.json        what each file was made from, its size, and its figures in llama.cpp and transformers
+Each file is written under a temporary name, checked, and only then renamed to its own name: read
+by llama.cpp itself (the engine of llama.cpp, Ollama and LM Studio; in a subprocess, so that an
+abort is that file's failure) with no tokenizer warning, the same token ids as the transformers
+tokenizer on the novel's held-out text and a line of French typography, the same BOS/EOS and
+"add BOS", and next-token top-1 agreement and perplexity against the source model on the novel's
+held-out windows within chateau/llama_cpp_check.py's THRESHOLDS; f16 and q8_0 are also read back
+by transformers. A file that fails is not published, and the line says what failed.
 """
 import json
-import shutil
-import subprocess
 from dataclasses import dataclass
 
-from chateau import generation, gguf_files, lineage, stages
-from chateau.cli import StageError, parse_settings, project_dir, run, say, setting
+from chateau import generation, gguf_files, lineage, llama_cpp_check, stages
+from chateau.cli import StageError, parse_settings, project_dir, run, say, setting, write_atomic
+
 
 @dataclass
 class Settings:
     project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)")
     stage: str = setting(stages.CURRICULUM_END, f"finished stage to export: {', '.join(stages.EXPORTABLE)} (a merged stage: its merged/ model)")
-    types: str = setting("f16,q8_0", f"comma-separated GGUF types: {', '.join(gguf_files.EXPORT_TYPES)}")
+    types: str = setting("f16,q8_0,q4_k_m", f"comma-separated GGUF types: {', '.join(gguf_files.EXPORT_TYPES)} "
+                                             f"(written here), {', '.join(llama_cpp_check.LLAMA_TYPES)} (llama.cpp's quantizer)")
     name: str = setting("kafka-chateau", "file name stem: <name>-<type>.gguf, and the Ollama model's name")
     context: int = setting(2048, "context length written in the Modelfile (num_ctx)")
-    verify: bool = setting(True, "read each file back with transformers and check it against the source model")
+    verify: bool = setting(True, "check each file in llama.cpp and transformers against the source model before publishing it")
     overwrite: bool = setting(False, "export again although the files were made from this model already")
+    allow_stale: bool = setting(False, "export a stage whose inputs changed since it was trained (recorded in export.json)")
 
     def problems(self):
         out = []
         if self.stage not in stages.EXPORTABLE:
             out.append(f"--stage must be one of {', '.join(stages.EXPORTABLE)}: stages with full weights (got {self.stage})")
-        unknown = [t for t in self.types.split(",") if t not in gguf_files.EXPORT_TYPES]
+        known = (*gguf_files.EXPORT_TYPES, *llama_cpp_check.LLAMA_TYPES)
+        unknown = [t for t in self.types.split(",") if t not in known]
         if unknown or not self.types:
-            out.append(f"--types takes {', '.join(gguf_files.EXPORT_TYPES)} (got {self.types!r})")
+            out.append(f"--types takes {', '.join(known)} (got {self.types!r})")
         if not self.name or "/" in self.name:
             out.append(f"--name must be a plain file name stem (got {self.name!r})")
         if self.context <= 0:
@@ -63,18 +69,18 @@ def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
     project = project_dir(settings.project_dir)
     source = stages.model_dir(project, settings.stage)
-    if not (stages.folder(project, settings.stage) / "metrics.json").exists() or not (source / "config.json").exists():
+    if not lineage.is_finished(project, settings.stage) or not (source / "config.json").exists():
         raise StageError(f"step {settings.stage}'s model is missing or unfinished at {source}: "
                          f"{stages.stage(settings.stage).hint()}")
-    lineage.check_current(project, settings.stage)
+    stale = lineage.check_current(project, settings.stage, settings.allow_stale)
     out_dir = stages.export_dir(project, settings.stage)
     record_path = out_dir / "export.json"
     model_digest = lineage.model_digest(source)
 
     with lineage.StageLock(out_dir, "4"):
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
-        reference = None  # the source model in float32, loaded once for every file's check
         out_dir.mkdir(parents=True, exist_ok=True)
+        checks = gguf_files.Checks(source, project) if settings.verify else None
         for kind in settings.types.split(","):
             path = out_dir / f"{settings.name}-{kind}.gguf"
             done = record.get(path.name, {})
@@ -85,26 +91,37 @@ def main(argv=None):
             if lineage.already_done(done.get("identity") if whole else None, identity, settings.overwrite, str(path)):
                 say(f"already exported: {path} (pass --overwrite to write it again)")
                 continue
-            say(f"4: writing {path} ...")
-            gguf_files.export_gguf(source, path, kind, settings.name)
-            done = {"identity": identity, "stage": settings.stage, "bytes": path.stat().st_size}
-            if settings.verify:
-                reference = reference or gguf_files.float_model(source)
-                done["round_trip"] = gguf_files.round_trip(source, path, project, source=reference)
-                say(f"4: {path.name} read back: {done['round_trip']}")
-            record[path.name] = done
-            record_path.write_text(json.dumps(record, indent=2) + "\n")
+            if kind in llama_cpp_check.LLAMA_TYPES and not llama_cpp_check.available():
+                say(f"4: {path.name} not written: {kind} is made by llama.cpp's own quantizer; {llama_cpp_check.INSTALL_HINT}")
+                continue
 
-        # q4_k_m: from the f16 file, with llama.cpp's own quantizer when it is installed.
-        f16 = out_dir / f"{settings.name}-f16.gguf"
-        quantizer = shutil.which("llama-quantize")
-        if quantizer and f16.exists():
-            q4 = out_dir / f"{settings.name}-q4_k_m.gguf"
-            subprocess.run([quantizer, str(f16), str(q4.with_name(q4.name + ".partial")), "Q4_K_M"], check=True)
-            q4.with_name(q4.name + ".partial").rename(q4)
-        else:
-            say(f"4: for a smaller q4_k_m file, run llama.cpp's `llama-quantize {f16.name} {settings.name}-q4_k_m.gguf Q4_K_M`")
-        best = next(out_dir / f"{settings.name}-{k}.gguf" for k in ("q8_0", "f16") if (out_dir / f"{settings.name}-{k}.gguf").exists())
+            # Written under a staging name, checked, and only then published under its own name.
+            staging = path.with_name(f".{path.name}.partial")
+            staging.unlink(missing_ok=True)  # an interrupted run's
+            say(f"4: writing {path} ...")
+            done = {"identity": identity, "stage": settings.stage, "stale": stale}
+            if kind in gguf_files.EXPORT_TYPES:
+                gguf_files.export_gguf(source, staging, kind, settings.name)
+            else:
+                with gguf_files.f16_for_quantizing(source, out_dir, settings.name) as f16:
+                    done["tensor_types"] = llama_cpp_check.quantize(f16, staging, kind)
+                say(f"4: {path.name}: llama.cpp's quantizer wrote its matrices as {done['tensor_types']} "
+                    f"(a matrix too narrow for a K-quant falls back to another type)")
+            if checks is not None:
+                try:
+                    done.update(checks.run(staging, kind))
+                except StageError as failed:
+                    staging.unlink(missing_ok=True)
+                    raise StageError(f"{path.name} is not published: {failed.message}") from None
+            done["bytes"] = staging.stat().st_size
+            staging.rename(path)
+            record[path.name] = done
+            write_atomic(record_path, json.dumps(record, indent=2) + "\n")
+
+        exported = [out_dir / f"{settings.name}-{k}.gguf" for k in ("q8_0", "q4_k_m", "f16")]
+        best = next((p for p in exported if p.exists()), None)
+        if best is None:
+            raise StageError(f"no GGUF file in {out_dir} to write a Modelfile for: export f16 or q8_0 (--types)")
         (out_dir / "Modelfile").write_text(modelfile(best.name, settings))
     files = ", ".join(f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in sorted(out_dir.glob("*.gguf")))
     say(f"4 done: {files} and a Modelfile in {out_dir}. Next: llama.cpp `llama-cli -m {best} -p \"...\"`, "

@@ -16,10 +16,17 @@ ENV PYTHONUNBUFFERED=1 \
 # CUDA 12 from PyTorch's own index:
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 -t kafka .
 ARG TORCH_INDEX_URL=
-COPY requirements.txt /app/requirements.txt
+COPY requirements.txt requirements-llama.txt /app/
 RUN if [ -n "$TORCH_INDEX_URL" ]; then \
       pip install --index-url "$TORCH_INDEX_URL" "$(grep -E '^torch==' /app/requirements.txt | cut -d' ' -f1)"; \
     fi && pip install -r /app/requirements.txt
+
+# llama.cpp (llama-cpp-python, built from its sdist: 10-20 minutes on 2 cores, less with more) for
+# step 4's checks and q4_k_m. Built for any x86-64 CPU with AVX2 (GGML_NATIVE=OFF), not only for the
+# machine that builds the image; its compiler stays for the OpenMP runtime.
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential && rm -rf /var/lib/apt/lists/* \
+    && CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF" \
+       pip install -r /app/requirements-llama.txt
 
 # Never root: a fixed uid so files written to the /project volume belong to a normal user. The
 # code in /app belongs to root: the user reads and runs it, and cannot change it by accident.

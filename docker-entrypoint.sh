@@ -17,5 +17,33 @@ if [ -z "${JUPYTER_TOKEN:-}" ]; then
 fi
 echo "Open http://127.0.0.1:8000/lab/tree/notebook.ipynb?token=${JUPYTER_TOKEN}"
 export JUPYTER_TOKEN
-exec jupyter lab --ip=0.0.0.0 --port=8000 --no-browser \
-  --ServerApp.root_dir="$PROJECT" --IdentityProvider.token="${JUPYTER_TOKEN}" --PasswordIdentityProvider.hashed_password=''
+
+# `docker stop` sends SIGTERM to this process (PID 1) only, and SIGKILLs every process of the
+# container when PID 1 exits or the grace period ends. So PID 1 forwards the signal to the running
+# steps (`docker exec ... python 2a_...py`, torchrun's workers included), which save a checkpoint
+# and stop, and waits for them. Give them the time: `docker stop -t 120 kafka` (README, Hardware).
+STEP='[0-9][a-d]?_(prepare|train|continue|export)_[A-Za-z_]*[.]py'
+step_pids() {
+  for cmdline in /proc/[0-9]*/cmdline; do
+    if tr '\0' ' ' < "$cmdline" 2>/dev/null | grep -qE "$STEP"; then
+      pid=${cmdline#/proc/}; echo "${pid%/cmdline}"
+    fi
+  done
+}
+stop() {
+  pids=$(step_pids)
+  if [ -n "$pids" ]; then
+    echo "docker stop: asking the running steps ($(echo $pids)) to save a checkpoint and stop"
+    kill -TERM $pids 2>/dev/null || true
+    while [ -n "$(step_pids)" ]; do sleep 1; done
+    echo "docker stop: the steps have stopped"
+  fi
+  kill -TERM "$JUPYTER" 2>/dev/null || true
+  wait "$JUPYTER" 2>/dev/null || true
+  exit 143
+}
+trap stop TERM INT
+jupyter lab --ip=0.0.0.0 --port=8000 --no-browser \
+  --ServerApp.root_dir="$PROJECT" --IdentityProvider.token="${JUPYTER_TOKEN}" --PasswordIdentityProvider.hashed_password='' &
+JUPYTER=$!
+wait "$JUPYTER"

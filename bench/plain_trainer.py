@@ -24,10 +24,10 @@ def main(project, stage, batch_size, steps, cap_gib=None):
     data = load_from_disk(str(stages.folder(project, stages.stage(stage).data)))["train"]
     path = stages.folder(project, "2a")  # the bench's starting point keeps its real-shape model there
     if stages.stage(stage).recipe == "fullweight":
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # the weights were saved in bf16
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False)  # the weights were saved in bf16
     else:
         from peft import LoraConfig, get_peft_model
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False,
                                                      quantization_config=BitsAndBytesConfig(load_in_4bit=True))
         model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, target_modules="all-linear", task_type="CAUSAL_LM"))
     clock = training.StepClock()

@@ -44,6 +44,11 @@ def run(main, argv=None):
     except Interrupted as stop:
         say(stop.message)
         raise SystemExit(stop.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM) while the first one was being honoured
+        print("error: stopped at once by a second signal: what was being written is not finished and is never taken "
+              "for finished; rerun the same command (without --overwrite) to resume from the last complete checkpoint",
+              file=sys.stderr)
+        raise SystemExit(130)
     except OSError as error:
         fix = DISK_FIXES.get(error.errno)
         if fix is None:

@@ -146,6 +146,12 @@ def open_parquet(path):
     if missing:
         raise StageError(f"{path} has no column {', '.join(missing)} (it has {', '.join(parquet.schema_arrow.names)}): "
                          f"it is not a PleIAs/French-PD-Books file; remove it")
+    import pyarrow as pa
+    schema = parquet.schema_arrow
+    for column in ("file_id", "complete_text"):  # the text columns are strings; `ocr` may be a string or a number
+        kind = schema.field(column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise StageError(f"{path}: column {column} is {kind}, not text: it is not a PleIAs/French-PD-Books file; remove it")
     return parquet
 
 
@@ -244,6 +250,8 @@ def prepare(settings, step):
 
 
 def _prepare(settings, step, project, tokenizer, files, out_dir):
+    for path in files:  # every file checked (readable, the right columns) before any work starts
+        open_parquet(path)
     identity = lineage.identity(settings, {"sources": {os.path.relpath(f, project): prepared.file_digest(f) for f in files},
                                            "tokenizer": models.tokenizer_fingerprint(tokenizer)})
     if prepared.already_prepared(out_dir, identity, settings.overwrite):

@@ -27,30 +27,34 @@ class Sampling:
         out = []
         if self.new_tokens <= 0:
             out.append(f"{flag('new_tokens')} must be > 0 (got {self.new_tokens})")
-        if not self.temperature > 0:
-            out.append(f"{flag('temperature')} must be > 0 (got {self.temperature})")
+        # Logits are divided by the temperature: below ~0.01 they overflow to inf and the
+        # probabilities become NaN; above 100 every token is as likely as any other.
+        if not 0.01 <= self.temperature <= 100:
+            out.append(f"{flag('temperature')} must be in [0.01, 100] (got {self.temperature})")
         if not 0 < self.top_p <= 1:
             out.append(f"{flag('top_p')} must be in (0, 1] (got {self.top_p})")
-        if not self.repetition_penalty > 0:
-            out.append(f"{flag('repetition_penalty')} must be > 0 (got {self.repetition_penalty})")
+        if not 0 < self.repetition_penalty <= 10:
+            out.append(f"{flag('repetition_penalty')} must be in (0, 10] (got {self.repetition_penalty})")
+        if self.seed < 0 or self.seed >= 2**32:
+            out.append(f"{flag('seed')} must be in [0, 2**32) (got {self.seed})")
         return out
 
 
-def load_stage(project, stage, base_model=stages.BASE_MODEL):
+def load_stage(project, stage, base_model=stages.BASE_MODEL, allow_stale=None):
     """(model, tokenizer) of a stage, at compute precision, ready to generate: what the stage
     table says it produces (a full model; an adapter applied, unmerged, on its base's full model;
-    a merged stage's merged/). Only a finished stage that is not stale is loaded."""
-    from transformers import AutoModelForCausalLM
+    a merged stage's merged/). Only a finished stage that is not stale is loaded (`allow_stale`:
+    a stale one with a warning)."""
     if stage not in stages.MODEL_STAGES:
         raise StageError(f"unknown stage {stage!r}: expected one of {', '.join(stages.MODEL_STAGES)}")
     path = stages.model_dir(project, stage, base_model)
     hint = models.DOWNLOAD_HINT if stage == "base" else stages.stage(stage).hint()
     if stage != "base":
-        if not (stages.folder(project, stage) / "metrics.json").exists():
+        if not lineage.is_finished(project, stage):
             raise StageError(f"step {stage} is not finished (no metrics.json in {stages.folder(project, stage)}): {hint}")
-        lineage.check_current(project, stage)
+        lineage.check_current(project, stage, allow_stale=allow_stale)
     models.require(path / "config.json", f"the {stage} model", hint)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=models.compute_dtype(), trust_remote_code=False)
+    model = models.load_model(path, fix=hint)
     if stages.is_adapter(stage):
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, stages.folder(project, stage))

@@ -8,6 +8,7 @@ with what llama.cpp needs to run it alone: the tensors under llama.cpp's names (
 permuted as llama.cpp's rotary embedding expects), the hyperparameters (context, rope, norm),
 and the tokenizer: Llama's SentencePiece-style BPE ("llama") or a byte-level BPE ("gpt2"), with
 merges, token types and special tokens."""
+import contextlib
 import json
 import re
 import shutil
@@ -30,8 +31,9 @@ def convert_gguf(gguf_path, out_dir, dtype="float32"):
     if _magic(gguf_path) != b"GGUF":
         raise StageError(f"{gguf_path} is not a GGUF file (no GGUF header): download it again")
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=getattr(torch, dtype))
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=getattr(torch, dtype),
+                                                     trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
     except (ValueError, KeyError, OSError) as error:
         raise StageError(f"{gguf_path} could not be read as a model ({error}): a Llama-architecture GGUF is needed") from None
     # The weights are plain floats now: a GGUF quantization_config left in config.json would make
@@ -62,14 +64,50 @@ def _permute(weights, n_head):
             .swapaxes(1, 2).reshape(weights.shape))
 
 
+# llama.cpp's pre-tokenizer names for the byte-level BPE pre-tokenizers transformers' tokenizers
+# spell in tokenizer.json (llama.cpp splits text with the regexes these names stand for; a wrong
+# name splits digits or punctuation differently from the model's tokenizer).
+LLAMA3_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
+
+def _byte_level_pre(pre_tokenizer):
+    """llama.cpp's name for a byte-level BPE tokenizer's pre-tokenizer, matched to what it does:
+    GPT-2's split ("gpt-2"); each digit apart, then GPT-2's split ("smollm", SmolLM's own); Llama
+    3's split ("llama-bpe"). Any other is refused: llama.cpp would split text another way."""
+    steps = pre_tokenizer.get("pretokenizers", [pre_tokenizer]) if pre_tokenizer else []
+    kinds = [(step["type"], step.get("use_regex"), step.get("individual_digits"),
+              (step.get("pattern") or {}).get("Regex")) for step in steps]
+    if kinds == [("ByteLevel", True, None, None)]:
+        return "gpt-2"
+    if kinds == [("Digits", None, True, None), ("ByteLevel", True, None, None)]:
+        return "smollm"
+    if kinds == [("Split", None, None, LLAMA3_SPLIT), ("ByteLevel", False, None, None)]:
+        return "llama-bpe"
+    raise StageError(f"this byte-level tokenizer's pre-tokenizer ({json.dumps(pre_tokenizer)[:160]}) has no "
+                     f"llama.cpp name here: llama.cpp would split text differently from the model's tokenizer")
+
+
+def _space_prefix(spec):
+    """Whether a SentencePiece-style tokenizer puts "▁" before the first word (llama.cpp's
+    add_space_prefix): Metaspace's prepend_scheme, or Llama 2's Prepend("▁") normalizer."""
+    text = json.dumps(spec.get("pre_tokenizer")) + json.dumps(spec.get("normalizer"))
+    if '"Prepend"' in text:
+        return True
+    metaspace = re.search(r'"prepend_scheme": "(\w+)"', text)
+    return metaspace.group(1) != "never" if metaspace else '"add_prefix_space": true' in text
+
+
 def _tokenizer_fields(tokenizer, vocab_size):
-    """(model, pre, tokens, scores, types, merges) as llama.cpp's GGUF spells a tokenizer."""
+    """(model, pre, tokens, scores, types, merges, space_prefix) as llama.cpp's GGUF spells a tokenizer."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     if spec["model"]["type"] != "BPE":
         raise StageError(f"only BPE tokenizers export to GGUF here (this one is {spec['model']['type']})")
     byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer")) + json.dumps(spec.get("decoder"))
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    special = set(tokenizer.all_special_ids)
+    # Every special added token is a control token (SmolLM2: its 17; a tokenizer's all_special_ids
+    # lists only the few with a role, bos/eos/unk/pad): llama.cpp never splits them from text.
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     tokens, scores, types = [], [], []
     for i in range(vocab_size):
         token = by_id.get(i, f"[PAD{i}]")
@@ -79,32 +117,32 @@ def _tokenizer_fields(tokenizer, vocab_size):
                      else _TOKEN_CONTROL if i in special else _TOKEN_BYTE if re.fullmatch(r"<0x[0-9A-F]{2}>", token)
                      else _TOKEN_NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
-    # gpt2 / gpt-2: byte-level BPE with GPT-2's split, which is what transformers' tokenizer does too.
-    return ("gpt2", "gpt-2") if byte_level else ("llama", None), tokens, scores, types, merges
+    if byte_level:
+        return ("gpt2", _byte_level_pre(spec.get("pre_tokenizer"))), tokens, scores, types, merges, False
+    return ("llama", None), tokens, scores, types, merges, _space_prefix(spec)
 
 
 def export_gguf(model_dir, out_path, kind, name):
     """`model_dir` (a Llama-architecture model + tokenizer) -> `out_path`, a GGUF of `kind` (f16:
-    every matrix in float16; q8_0: every matrix in 8-bit blocks of 32, norms in float32). Written
-    to a staging file and renamed when complete."""
+    every matrix in float16; q8_0: every matrix in 8-bit blocks of 32, norms in float32). The
+    caller gives a staging path and publishes it once the file has passed its checks."""
     import gguf
     import numpy as np
     import torch
     from gguf.quants import quantize
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     if config.model_type != "llama":
         raise StageError(f"{model_dir} is a {config.model_type} model: only the Llama architecture exports here")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False)
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
     rope = (getattr(config, "rope_parameters", None) or {}).get("rope_theta") or getattr(config, "rope_theta", 10000.0)
-    (model_type, pre), tokens, scores, types, merges = _tokenizer_fields(tokenizer, config.vocab_size)
+    (model_type, pre), tokens, scores, types, merges, space_prefix = _tokenizer_fields(tokenizer, config.vocab_size)
 
-    staging = Path(out_path).with_name(Path(out_path).name + ".partial")
-    writer = gguf.GGUFWriter(staging, "llama")
+    writer = gguf.GGUFWriter(out_path, "llama")
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -129,7 +167,11 @@ def export_gguf(model_dir, out_path, kind, name):
                        ("unk", tokenizer.unk_token_id), ("pad", tokenizer.pad_token_id)):
         if value is not None:
             getattr(writer, f"add_{key}_token_id")(value)
-    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", model_type == "llama")))
+    # Every training document began with BOS (models.document_ids): so does every prompt in
+    # llama.cpp, exactly when the tokenizer has one; none ends with EOS.
+    writer.add_add_bos_token(tokenizer.bos_token_id is not None)
+    writer.add_add_eos_token(False)
+    writer.add_add_space_prefix(space_prefix)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
@@ -155,15 +197,77 @@ def export_gguf(model_dir, out_path, kind, name):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    staging.rename(out_path)
     return Path(out_path)
+
+
+@contextlib.contextmanager
+def f16_for_quantizing(model_dir, out_dir, name):
+    """The f16 file llama.cpp's quantizer starts from: the published one when it is this model's
+    (step 4 writes f16 first), else a temporary one, removed afterwards."""
+    published = Path(out_dir) / f"{name}-f16.gguf"
+    record = Path(out_dir) / "export.json"
+    from chateau import lineage
+    source = lineage.model_digest(model_dir)
+    if published.exists() and record.exists() and \
+            json.loads(record.read_text()).get(published.name, {}).get("identity", {}).get("source") == source:
+        yield published
+        return
+    temporary = Path(out_dir) / f".{name}-f16.for-quantizing.gguf"
+    try:
+        yield export_gguf(model_dir, temporary, "f16", name)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class Checks:
+    """Step 4's checks of one exported file against the model it came from, the references
+    (source model in float32, the novel's held-out windows and text) loaded once for all files."""
+
+    # The novel's held-out windows, cut into pieces of at most 512 tokens, up to 1,024 tokens in
+    # all: top-1 agreement over ~1,000 next tokens is known to about +-1.5% (binomial, at 0.95).
+    PIECE_TOKENS, TOTAL_TOKENS = 512, 1024
+
+    def __init__(self, model_dir, project):
+        from datasets import load_from_disk
+        from chateau import generation, models, stages
+        self.model_dir, self.project = model_dir, project
+        self.reference = float_model(model_dir)
+        self.tokenizer = models.load_tokenizer(model_dir)
+        rows = load_from_disk(str(stages.folder(project, stages.NOVEL_DATA)))["validation"]["input_ids"]
+        pieces = [list(row[i:i + self.PIECE_TOKENS]) for row in rows for i in range(0, len(row), self.PIECE_TOKENS)]
+        self.windows = []
+        while pieces and sum(map(len, self.windows)) + len(pieces[0]) <= self.TOTAL_TOKENS:
+            self.windows.append(pieces.pop(0))
+        self.texts = [generation.decode_rows(self.tokenizer, rows[:8])[:3000]]
+
+    def run(self, path, kind):
+        """{"llama_cpp": figures, "round_trip": transformers' figures}; raises StageError naming
+        what failed in llama.cpp (the file is then not published)."""
+        from chateau import llama_cpp_check
+        out = {}
+        if llama_cpp_check.available():  # first: the engine users run it with, and the faster check
+            figures, problems = llama_cpp_check.check(path, self.tokenizer, self.reference, self.windows,
+                                                      [*self.texts, llama_cpp_check.TYPOGRAPHY], kind)
+            out["llama_cpp"] = figures
+            if problems:
+                raise StageError(f"it failed its check in llama.cpp: {'; '.join(problems)}")
+        else:
+            out["llama_cpp"] = f"not checked: llama-cpp-python is not installed ({llama_cpp_check.INSTALL_HINT})"
+            print(f"4: {kind} not checked in llama.cpp: {llama_cpp_check.INSTALL_HINT}")
+        if kind in EXPORT_TYPES:
+            out["round_trip"] = round_trip(self.model_dir, path, self.project, source=self.reference)
+        engine = out["llama_cpp"]
+        print(f"4: {kind}: " + (f"llama.cpp top-1 {engine['top1_agreement']}, perplexity {engine['perplexity_source']} -> "
+                               f"{engine['perplexity_gguf']}, tokenizer ids equal; " if isinstance(engine, dict) else "")
+              + f"transformers: {out.get('round_trip', 'cannot read this type')}")
+        return out
 
 
 def float_model(model_dir):
     """A model folder loaded in float32 for comparisons, whatever dtype it was saved in."""
     import torch
     from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
 
 
 def round_trip(model_dir, gguf_path, project, max_windows=8, source=None):
@@ -178,7 +282,7 @@ def round_trip(model_dir, gguf_path, project, max_windows=8, source=None):
     from chateau import stages
 
     source = source or float_model(model_dir)
-    exported = AutoModelForCausalLM.from_pretrained(Path(gguf_path).parent, gguf_file=Path(gguf_path).name,
+    exported = AutoModelForCausalLM.from_pretrained(Path(gguf_path).parent, gguf_file=Path(gguf_path).name, trust_remote_code=False,
                                                     dtype=torch.float32).eval()
     rows = load_from_disk(str(stages.folder(project, stages.NOVEL_DATA)))["validation"]["input_ids"][:max_windows]
     agree = total = 0
@@ -193,8 +297,11 @@ def round_trip(model_dir, gguf_path, project, max_windows=8, source=None):
             losses[1] += b.loss.item() / len(rows)
             max_diff = max(max_diff, (a.logits - b.logits).abs().max().item())
     page = (stages.folder(project, stages.NOVEL_DATA) / "clean_text.txt").read_text()[:3000]
-    same_ids = AutoTokenizer.from_pretrained(model_dir)(page).input_ids == \
-        AutoTokenizer.from_pretrained(Path(gguf_path).parent, gguf_file=Path(gguf_path).name)(page).input_ids
+    # As the model saw text in training (BOS where the tokenizer has one), and as the file's own
+    # add_bos_token makes every reader of it tokenize a prompt.
+    from chateau.generation import prompt_ids
+    same_ids = prompt_ids(AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False), page) == \
+        AutoTokenizer.from_pretrained(Path(gguf_path).parent, gguf_file=Path(gguf_path).name, trust_remote_code=False)(page).input_ids
     return {"top1_agreement": round(agree / total, 4), "perplexity_source": round(math.exp(losses[0]), 4),
             "perplexity_gguf": round(math.exp(losses[1]), 4), "max_logit_difference": round(max_diff, 5),
             "tokenizer_same_ids": same_ids}

@@ -10,6 +10,7 @@ says so. One run at a time per stage: a lock file holds the running process's pi
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from chateau import prepared, stages
@@ -69,22 +70,64 @@ def current_digest(project, name, settings):
     return stage_digest(project, name)
 
 
-def check_current(project, name):
-    """Refuse a finished stage whose inputs (the base model included) changed since it was made:
-    it is stale, and whatever is built on it would not be the model the user trained."""
-    step = stages.stage(name)
-    marker = step.folder(project) / "metrics.json"
-    recorded = json.loads(marker.read_text()).get("identity", {}) if marker.exists() else {}
+def read_metrics(project, name):
+    """A finished train stage's metrics.json (None when it is not finished); a damaged one (a disk
+    that filled up while it was written by an older version) is one line, not a JSON traceback."""
+    marker = stages.folder(project, name) / "metrics.json"
+    if not marker.exists():
+        return None
+    try:
+        return json.loads(marker.read_text())
+    except ValueError:
+        raise StageError(f"{marker} is damaged (not JSON): the stage is not finished; rerun "
+                         f"`python {stages.script_of(name)}` (it resumes from its last checkpoint)") from None
+
+
+def is_finished(project, name):
+    """Whether train stage `name` is finished: a whole metrics.json (written last, atomically)."""
+    try:
+        return read_metrics(project, name) is not None
+    except StageError:
+        return False  # damaged: not finished (its run resumes from the last checkpoint)
+
+
+def stale_reason(project, name):
+    """Why the finished stage `name` is stale (its inputs, the base model included, changed since
+    it was made), or None when it is current."""
+    recorded = (read_metrics(project, name) or {}).get("identity", {})
     settings = recorded.get("settings", {})
     changed = [k for k, digest in recorded.get("inputs", {}).items() if current_digest(project, k, settings) != digest]
-    if changed:
-        raise StageError(f"step {name} is stale: {', '.join(changed)} changed since it was trained: "
-                         f"rerun `python {step.script} --overwrite`")
+    if not changed:
+        return None
+    return (f"step {name} is stale: {', '.join(changed)} changed since it was trained: "
+            f"rerun `python {stages.script_of(name)} --overwrite`")
+
+
+def check_current(project, name, allow_stale=None):
+    """Refuse a finished stage that is stale: whatever is built on it, or made with it, would not
+    come from the model the user trained. `allow_stale` is the consumers' --allow-stale (None for
+    the train steps, which have none): True says so and goes on. Returns the reason, or None."""
+    reason = stale_reason(project, name)
+    if reason and not allow_stale:
+        raise StageError(reason if allow_stale is None else f"{reason} (or pass --allow-stale to use it anyway)")
+    if reason:
+        print(f"warning: {reason}; used anyway (--allow-stale)", file=sys.stderr)
+    return reason
+
+
+def process_start(pid):
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22), or None where
+    /proc cannot tell: with the pid, it names one process (a pid can be reused by another)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class StageLock:
     """`with StageLock(folder, name):` one run at a time per stage. The lock file beside the folder
-    holds the pid; a lock left by a dead process is taken over."""
+    holds the pid and start time of the process that runs the stage; a lock left by a dead process,
+    or by one whose pid now belongs to another process, is taken over."""
 
     def __init__(self, folder, name):
         self.path = Path(folder).parent / f".{Path(folder).name}.lock"
@@ -96,24 +139,28 @@ class StageLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                holder = self._holder()
-                if holder is not None and holder != os.getpid() and pid_alive(holder):
-                    raise StageError(f"step {self.name} is already running (pid {holder}): wait for it to finish, "
-                                     f"or stop it, then run this again") from None
-                self.path.unlink(missing_ok=True)  # a dead run's lock
+                pid, started = self._holder()
+                if pid is not None and pid != os.getpid() and pid_alive(pid) and started in (None, process_start(pid)):
+                    raise StageError(f"step {self.name} is already running (pid {pid}; lock {self.path}): wait for it to "
+                                     f"finish, or stop it, then run this again. If `ps -p {pid} -o args` shows no "
+                                     f"{stages.script_of(self.name) if self.name in stages.STAGES else 'step'}, the lock "
+                                     f"is left over: remove {self.path}") from None
+                self.path.unlink(missing_ok=True)  # a dead run's lock (or its pid, now another process's)
                 continue
             with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+                f.write(f"{os.getpid()} {process_start(os.getpid()) or ''}".strip())
             return self
         raise StageError(f"could not take the lock {self.path}: remove it if no step {self.name} is running")
 
     def _holder(self):
+        """(pid, start time) written in the lock file; (None, None) when unreadable."""
         try:
-            return int(self.path.read_text().strip() or 0) or None
-        except (OSError, ValueError):
-            return None
+            fields = self.path.read_text().split()
+            return int(fields[0]), (int(fields[1]) if len(fields) > 1 else None)
+        except (OSError, ValueError, IndexError):
+            return None, None
 
     def __exit__(self, *exc):
-        if self._holder() == os.getpid():
+        if self._holder()[0] == os.getpid():
             self.path.unlink(missing_ok=True)
         return False

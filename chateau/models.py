@@ -83,6 +83,7 @@ def require(path, what, fix):
 def load_tokenizer(model_dir, fix=DOWNLOAD_HINT):
     from transformers import AutoTokenizer
     require(Path(model_dir) / "config.json", "model", fix)
+    check_model_folder(model_dir)
     return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)  # never a prompt, never custom code
 
 
@@ -95,11 +96,48 @@ def check_context(model_dir, seq_len):
                          f"use --seq-len {positions} or less")
 
 
+PICKLED_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # pickles: code can hide in them
+ARCHITECTURE = "llama"  # what the recipes, the 4-bit loader and the GGUF export are written for
+
+
+def check_model_folder(model_dir):
+    """What a model folder must be before anything loads it or is made from it: a Llama-
+    architecture config, no request for custom code (auto_map: transformers would offer to run the
+    folder's Python), weights as safetensors only (a pickle can run code when loaded)."""
+    model_dir = Path(model_dir)
+    for name in ("config.json", "tokenizer_config.json"):
+        path = model_dir / name
+        try:
+            config = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            raise StageError(f"{path} is not valid JSON: download the model again or rerun the step that writes it") from None
+        if "auto_map" in config:
+            raise StageError(f"{path} asks for custom code (auto_map): refused, this project never runs a model "
+                             f"folder's own Python (trust_remote_code stays off); use a folder without it")
+        if name == "config.json" and config.get("model_type") != ARCHITECTURE:
+            raise StageError(f"{model_dir} is a {config.get('model_type')!r} model: the curriculum trains Llama-"
+                             f"architecture models (model_type 'llama', LlamaForCausalLM) only")
+    pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in model_dir.glob(pattern))
+    if pickled:
+        raise StageError(f"{model_dir / pickled[0]} is a pickle where weights are expected: only safetensors weights "
+                         f"are accepted (convert it, or download the model's *.safetensors)")
+
+
 def check_weights(model_dir):
     """A model folder must hold weights, not just a config."""
-    if not any(Path(model_dir).glob("*.safetensors")) and not any(Path(model_dir).glob("*.bin")):
+    check_model_folder(model_dir)
+    if not any(Path(model_dir).glob("*.safetensors")):
         raise StageError(f"{model_dir} has a config.json but no model weights (*.safetensors): download the model "
                          f"again (notebook.ipynb, section 1) or rerun the step that writes it")
+
+
+def every_weight_loaded(model_dir, info):
+    """Refuse a model some of whose weights were not in the folder: transformers initialises the
+    missing ones at random, and training that would silently train a different model."""
+    missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
+    if missing:
+        raise StageError(f"{model_dir}: {len(missing)} weights are missing or of another shape (e.g. {missing[0]}): "
+                         f"they would start random; the config does not match the weights: download the model again")
 
 
 def tokenizer_fingerprint(tokenizer):
@@ -128,13 +166,19 @@ def load_model(model_dir, dtype=None, attn_implementation="sdpa", fix=DOWNLOAD_H
     require(Path(model_dir) / "config.json", "model", fix)
     check_weights(model_dir)
     try:
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or compute_dtype(), device_map=device_map(),
-                                                    attn_implementation=attn_implementation, trust_remote_code=False)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype or compute_dtype(), device_map=device_map(), attn_implementation=attn_implementation,
+            trust_remote_code=False, output_loading_info=True)
     except Exception as error:  # truncated or corrupt weights: safetensors, OSError, ValueError...
         if "out of memory" in str(error).lower():
             raise
+        if "flash_attn" in str(error) or "FlashAttention" in str(error):
+            raise StageError(f"--attn-implementation {attn_implementation}: {str(error).splitlines()[0][:160]} "
+                             f"(use --attn-implementation sdpa)") from None
         raise StageError(f"the model in {model_dir} cannot be loaded ({str(error).splitlines()[0][:160]}): "
                          f"download it again or rerun the step that writes it") from None
+    every_weight_loaded(model_dir, info)
+    return model
 
 
 def load_model_4bit(model_dir, attn_implementation="sdpa"):
@@ -150,9 +194,16 @@ def load_model_4bit(model_dir, attn_implementation="sdpa"):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, quantization_config=quantization, dtype=compute_dtype(), device_map=device_map(),
-            attn_implementation=attn_implementation, trust_remote_code=False)
+        try:
+            model, info = AutoModelForCausalLM.from_pretrained(
+                model_dir, quantization_config=quantization, dtype=compute_dtype(), device_map=device_map(),
+                attn_implementation=attn_implementation, trust_remote_code=False, output_loading_info=True)
+        except Exception as error:  # noqa: BLE001 - corrupt weights: one line
+            if "out of memory" in str(error).lower():
+                raise
+            raise StageError(f"the model in {model_dir} cannot be loaded ({str(error).splitlines()[0][:160]}): "
+                             f"rerun the step that writes it") from None
+    every_weight_loaded(model_dir, info)
     if not use_cuda():
         # bitsandbytes 0.50 on CPUs with avx512_bf16 repacks the 4-bit weights during an eval-mode
         # forward, after which the gradients of a training step are silently wrong.

@@ -57,6 +57,7 @@ def already_prepared(out_dir, identity, overwrite):
     """True when `out_dir` holds data prepared from the same inputs with the same settings
     (`identity`, from lineage.identity): the step says so and stops. Other data needs --overwrite."""
     from chateau import lineage
+    remove_leftovers(out_dir)
     manifest = read_manifest(out_dir)
     return lineage.already_done(manifest and manifest["identity"], identity, overwrite, f"the prepared data in {out_dir}")
 
@@ -76,6 +77,19 @@ def windows_table(windows):
     return pa.table({INPUT_IDS: pa.ListArray.from_arrays(offsets, pa.array(windows.reshape(-1)))})
 
 
+def remove_leftovers(out_dir):
+    """Remove what killed runs left beside `out_dir` (a staging folder, or the old folder a run
+    was deleting when it was killed: gigabytes on the real run), saying so. Every prepare step
+    calls this first, whether or not it then has anything to do."""
+    out_dir = Path(out_dir)
+    for pattern in (f".{out_dir.name}.partial-*", f".{out_dir.name}.old-*"):
+        for left in out_dir.parent.glob(pattern):
+            pid = left.name.rsplit("-", 1)[1]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                print(f"removing {left}: left by a run that was killed (pid {pid})")
+                shutil.rmtree(left, ignore_errors=True)
+
+
 class PreparedWriter:
     """Writes one prepared folder: `with PreparedWriter(out_dir) as w: w.add(split, windows) ...
     w.publish(settings, manifest)`. Rows stream to Arrow files as they come (memory stays flat);
@@ -88,9 +102,7 @@ class PreparedWriter:
 
     def __enter__(self):
         from datasets.arrow_writer import ArrowWriter
-        for left in self.out_dir.parent.glob(f".{self.out_dir.name}.partial-*"):
-            if not pid_alive(int(left.name.rsplit("-", 1)[1])):  # a killed run's leftovers: free the space
-                shutil.rmtree(left, ignore_errors=True)
+        remove_leftovers(self.out_dir)
         shutil.rmtree(self.staging, ignore_errors=True)
         self.staging.mkdir(parents=True)
         self.writers = {s: ArrowWriter(features=features(), path=str(self.staging / f"{s}.arrow")) for s in SPLITS}

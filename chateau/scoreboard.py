@@ -232,7 +232,16 @@ def score_texts(texts, refs):
     }
 
 
-def finished_stages(project, model_stages, base_model):
+FORMS = {stages.FULL_MODEL: "full model", stages.ADAPTER: "adapter on its base, unmerged",
+         stages.MERGED: "merged model (merged/)"}
+
+
+def form(stage):
+    """Which form of a stage's model the scoreboard scored (the table says what it produces)."""
+    return "base model" if stage == "base" else FORMS[stages.stage(stage).produces]
+
+
+def finished_stages(project, model_stages, base_model, allow_stale=False):
     """The stages whose model is finished and current (the base model when it is there; a trained
     stage once its metrics.json exists, the mark of a finished run, and none of its inputs changed
     since), and a note for each one skipped."""
@@ -242,11 +251,11 @@ def finished_stages(project, model_stages, base_model):
         if stage == "base":
             done, note = (path / "config.json").exists(), f"base: no model at {path}"
         else:
-            done = (stages.folder(project, stage) / "metrics.json").exists() and (path / "config.json").exists()
+            done = lineage.is_finished(project, stage) and (path / "config.json").exists()
             note = f"{stage}: not finished ({stages.stage(stage).hint()})"
             if done:
                 try:
-                    lineage.check_current(project, stage)
+                    lineage.check_current(project, stage, allow_stale)
                 except StageError as stale:
                     done, note = False, stale.message
         if done:
@@ -257,11 +266,12 @@ def finished_stages(project, model_stages, base_model):
 
 
 def build(project, model_stages=stages.MODEL_STAGES, n_samples=8, sampling=None, max_eval_samples=64,
-          base_model=stages.BASE_MODEL):
-    """Score every finished stage; write output/scoreboard.{json,csv}; return the rows."""
+          base_model=stages.BASE_MODEL, allow_stale=False):
+    """Score every finished stage (a stale one only with `allow_stale`, marked so); write
+    output/scoreboard.{json,csv}; return the rows."""
     from datasets import load_from_disk
     sampling = sampling or generation.Sampling()
-    kept, notes = finished_stages(project, model_stages, base_model)
+    kept, notes = finished_stages(project, model_stages, base_model, allow_stale)
     for note in notes:
         print(f"scoreboard: skipped {note}")
     # The tokenizer every stage shares, from the first one's full model (an adapter's is its base's).
@@ -271,11 +281,12 @@ def build(project, model_stages=stages.MODEL_STAGES, n_samples=8, sampling=None,
     french_validation = load_from_disk(str(stages.folder(project, refs.french_stage)))["validation"] if kept else None
     rows, samples = [], {}
     for stage in kept:
-        model, tokenizer = generation.load_stage(project, stage, base_model)
+        model, tokenizer = generation.load_stage(project, stage, base_model, allow_stale=allow_stale)
         texts = generation.generate_from_prompts(model, tokenizer, sampling, refs.prompts)
         samples[stage] = texts
+        stale = stage != "base" and lineage.stale_reason(project, stage)
         rows.append({
-            "stage": stage,
+            "stage": stage + (" (stale)" if stale else ""), "form": form(stage),
             "novel_perplexity": round(perplexity(model, novel_validation, max_samples=max_eval_samples), 2),
             "french_perplexity": round(perplexity(model, french_validation, max_samples=max_eval_samples), 2),
             **score_texts(texts, refs),
@@ -316,6 +327,7 @@ class Settings:
     base_model: str = setting(stages.BASE_MODEL, stages.BASE_MODEL_HELP)
     samples: int = setting(8, "generated samples per stage (each from another passage of the held-out slice)")
     max_eval_samples: int = setting(64, "validation rows per perplexity")
+    allow_stale: bool = setting(False, "score stages whose inputs changed since they were trained too (marked stale)")
 
     def problems(self):
         return positive(self, "samples", "max_eval_samples")
@@ -324,7 +336,8 @@ class Settings:
 def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
     print(format_table(build(project_dir(settings.project_dir), n_samples=settings.samples,
-                             max_eval_samples=settings.max_eval_samples, base_model=settings.base_model)))
+                             max_eval_samples=settings.max_eval_samples, base_model=settings.base_model,
+                             allow_stale=settings.allow_stale)))
 
 
 if __name__ == "__main__":

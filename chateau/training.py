@@ -9,6 +9,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import resource
 import shutil
 import signal
@@ -126,7 +127,7 @@ def latest_checkpoint(output_dir):
 def require_trained(project, stage):
     """A previous train step's output, complete (metrics.json is written last)."""
     out = stages.folder(project, stage)
-    if not (out / "metrics.json").exists():
+    if not lineage.is_finished(project, stage):
         raise StageError(f"step {stage}'s output is missing or incomplete at {out}: {stages.stage(stage).hint()}")
     lineage.check_current(project, stage)
     return out
@@ -288,6 +289,18 @@ class CurriculumTrainer(Trainer):
         return super().training_step(model, inputs, *args, **kwargs)
 
 
+def validation_loss(model, dataset, batch_size=4):
+    """Mean token loss of `model` over a validation split (fixed-length rows: the Trainer's eval_loss)."""
+    losses = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(dataset), batch_size):
+            batch = collate(dataset.select(range(i, min(i + batch_size, len(dataset)))))
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            losses.append(model(**batch).loss.float().item() * len(batch["input_ids"]))
+    return sum(losses) / len(dataset)
+
+
 def peak_memory_gib():
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_reserved() / 2**30, 2)
@@ -312,7 +325,7 @@ def plan_run(settings, stage, inputs):
     identity = lineage.identity(settings, inputs)
     run_file = output_dir / "run.json"
     previous = json.loads(run_file.read_text()) if run_file.exists() else None
-    finished = (output_dir / "metrics.json").exists()
+    finished = lineage.is_finished(project_dir(settings.project_dir), stage)
     if lineage.already_done(previous if finished else None, identity, settings.overwrite, f"the finished model in {output_dir}"):
         return Run(stage, output_dir, identity, already_done=True)
     if finished or settings.overwrite:
@@ -366,7 +379,7 @@ def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizer
     """Train `model` with the Trainer and write the stage's output, metrics.json last.
 
     eval_datasets: {name: Dataset}; the first is the stage's own validation set, the others show
-    forgetting (e.g. French after Kafka). `before_finish(trainer)` runs once the model is saved and
+    forgetting (e.g. French after Kafka). `before_finish(trainer, metrics)` runs once the model is saved and
     before metrics.json (a merged stage's merge: the stage is finished only with it); what it
     returns joins the metrics. Returns the metrics dict. Raises Interrupted after saving a
     checkpoint when stopped by a signal.
@@ -428,6 +441,20 @@ def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizer
                 f"CUDA out of memory at --batch-size {settings.batch_size} with {seq_len}-token samples: rerun the same "
                 f"command with --batch-size {max(1, settings.batch_size // 2)} (the tokens per step stay "
                 f"{tokens_per_step}: accumulation doubles); it resumes from {last or 'the start (no checkpoint yet)'}") from None
+        except pickle.UnpicklingError as error:
+            raise StageError(f"{resume} holds a pickle that torch's weights-only loader refuses "
+                             f"({str(error).splitlines()[0][:120]}): nothing else than plain tensors is ever loaded; "
+                             f"delete {resume} (the rerun resumes from the checkpoint before it) or pass --resume never") from None
+        except Exception as error:  # noqa: BLE001 - re-raised unless it is one of the two cases below
+            text = str(error)
+            if "No space left" in text or "file write failed" in text:
+                raise StageError(f"the disk filled up while {stage} was writing a checkpoint ({text.splitlines()[0][:100]}): "
+                                 f"free some disk space, then rerun the same command (the incomplete checkpoint is never "
+                                 f"taken for complete)") from None
+            if resume and not clock.times:
+                raise StageError(f"the checkpoint {resume} cannot be read ({text.splitlines()[0][:120]}): it is damaged; "
+                                 f"delete it (the rerun resumes from the one before) or pass --resume never") from None
+            raise
     if finite.bad is not None:
         step, value = finite.bad
         good = [c for c in output_dir.glob("checkpoint-*") if checkpoint_step(c) <= finite.last_good_step]
@@ -476,7 +503,7 @@ def finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra
     if trainer.is_world_process_zero():
         sampler.generate(model, trainer.state.global_step)
         if before_finish is not None:
-            metrics.update(before_finish(trainer) or {})
+            metrics.update(before_finish(trainer, metrics) or {})
         save_settings(settings, output_dir / "settings.json")
         write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if settings.record_batches:  # each rank's final weights: DDP ranks must agree

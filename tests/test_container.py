@@ -96,3 +96,41 @@ def test_a_driver_too_old_for_the_cuda_build_is_one_clear_line(monkeypatch):
     assert "535.104.05" in error.value.message and "580" in error.value.message and "cu126" in error.value.message
     monkeypatch.setattr(models, "nvidia_driver_version", lambda: None)  # no NVIDIA GPU at all: a CPU run
     models.set_up_device()
+
+
+def test_docker_stop_lets_the_running_step_save_its_checkpoint(tmp_path):
+    """`docker stop` signals PID 1 only: the entrypoint forwards SIGTERM to the running step and
+    waits until it has saved and exited (here a stand-in step that takes 2 s to save)."""
+    import signal
+    import sys
+    import time
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "jupyter").write_text("#!/bin/sh\nexec sleep 600\n")
+    (fake / "jupyter").chmod(0o755)
+    project = tmp_path / "project"
+    project.mkdir()
+    step = tmp_path / "2a_train_gallica_fullweight.py"  # the name is how the entrypoint knows a step
+    saved = tmp_path / "saved"
+    step.write_text("import signal, sys, time\n"
+                    "def stop(*_):\n"
+                    f"    time.sleep(2); open({str(saved)!r}, 'w').write('checkpoint'); sys.exit(143)\n"
+                    "signal.signal(signal.SIGTERM, stop)\n"
+                    f"open({str(tmp_path / 'started')!r}, 'w').close()\n"
+                    "time.sleep(600)\n")
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", KAFKA_PROJECT_DIR=str(project), JUPYTER_TOKEN="t" * 32)
+    entry = subprocess.Popen(["sh", str(ROOT / "docker-entrypoint.sh")], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    running = subprocess.Popen([sys.executable, str(step)])
+    try:
+        deadline = time.time() + 30
+        while not (tmp_path / "started").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the entrypoint is waiting on Jupyter
+        entry.send_signal(signal.SIGTERM)
+        out = entry.communicate(timeout=60)[0]
+        assert saved.read_text() == "checkpoint", out  # the step had saved before PID 1 exited
+        assert running.wait(timeout=5) == 143 and "asking the running steps" in out and entry.returncode == 143
+    finally:
+        running.kill()
+        entry.kill()

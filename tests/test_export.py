@@ -1,4 +1,5 @@
-"""Step 4: GGUF export, checked by a round trip through transformers' own GGUF reader."""
+"""Step 4: GGUF export, each file checked in llama.cpp itself (and read back by transformers)
+before it is published; q4_k_m from llama.cpp's own quantizer."""
 import hashlib
 import json
 import shutil
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from chateau import stages
+from chateau.generation import prompt_ids
 from conftest import one_error_line, run_script
 
 EXPORT = "4_export_gguf.py"
@@ -16,7 +18,7 @@ EXPORT = "4_export_gguf.py"
 def exported(pipeline, tmp_path_factory):
     project = tmp_path_factory.mktemp("export") / "p"
     shutil.copytree(pipeline[0], project, ignore=shutil.ignore_patterns("checkpoint-*"))
-    out = run_script(project, EXPORT)
+    out = run_script(project, EXPORT, "--types", "f16,q8_0")
     return project, out
 
 
@@ -38,7 +40,8 @@ def test_both_types_round_trip_through_transformers(exported):
             model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=path.name, dtype=torch.float32)
             logits = model(rows).logits
             tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=path.name)
-            assert tokenizer(page).input_ids == AutoTokenizer.from_pretrained(merged)(page).input_ids
+            # The file says "add BOS", as every training document began: its reader adds it.
+            assert tokenizer(page).input_ids == prompt_ids(AutoTokenizer.from_pretrained(merged), page)
             agreement = (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()
             if kind == "f16":
                 # float16 keeps 11 significant bits (relative error <= 2^-11 per weight): through this
@@ -48,6 +51,10 @@ def test_both_types_round_trip_through_transformers(exported):
             trip = record[path.name]["round_trip"]
             assert trip["top1_agreement"] >= 0.99 and trip["tokenizer_same_ids"]
             assert abs(trip["perplexity_gguf"] / trip["perplexity_source"] - 1) < 0.01
+            engine = record[path.name]["llama_cpp"]  # the same file read by llama.cpp itself
+            assert engine["tokenizer_same_ids"] and engine["add_bos"] and not engine["warnings"]
+            assert engine["top1_agreement"] >= {"f16": 0.99, "q8_0": 0.93}[kind]
+            assert engine["unencodable_left_out"]  # the fixture vocabulary has no byte tokens: said, not a crash
     modelfile = (gguf_dir / "Modelfile").read_text()
     assert "FROM ./kafka-chateau-q8_0.gguf" in modelfile and "PARAMETER temperature 0.8" in modelfile
     assert "TEMPLATE" in modelfile and "<|" not in modelfile  # a completion model: no chat template
@@ -58,12 +65,12 @@ def test_rerun_says_already_exported_and_a_half_written_file_is_never_taken_for_
     gguf_dir = stages.folder(project, "2c") / "gguf"
     digest = lambda: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in gguf_dir.glob("*.gguf")}
     before = digest()
-    again = run_script(project, EXPORT, "--verify", "false")
+    again = run_script(project, EXPORT, "--verify", "false", "--types", "f16,q8_0")
     assert again.stdout.count("already exported") == 2 and digest() == before
     q8 = gguf_dir / "kafka-chateau-q8_0.gguf"
     q8.write_bytes(q8.read_bytes()[: q8.stat().st_size // 2])  # as if the disk filled up mid-write
-    (gguf_dir / "kafka-chateau-f16.gguf.partial").write_bytes(b"GGUF")  # an interrupted export's leftover
-    out = run_script(project, EXPORT, "--verify", "false")
+    (gguf_dir / ".kafka-chateau-f16.gguf.partial").write_bytes(b"GGUF")  # an interrupted export's leftover
+    out = run_script(project, EXPORT, "--verify", "false", "--types", "f16,q8_0")
     assert "already exported" in out.stdout and "writing" in out.stdout and digest() == before
 
 
@@ -91,3 +98,45 @@ def test_2d_is_exported_and_continued_like_2c(pipeline, tmp_path):
                "--chunk-tokens", "10")
     text = (project / "output" / "continuation_2d.md").read_text()
     assert str(stages.folder(project, "2d")) in text and text.split("\n---\n", 1)[1].strip()
+
+
+# -- What the llama.cpp check catches: a file that fails it is not published.
+
+@pytest.fixture
+def two_a_copy(pipeline, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(pipeline[0], project, ignore=shutil.ignore_patterns("checkpoint-*", "gguf"))
+    return project
+
+
+def test_a_wrong_bos_id_is_caught_and_not_published(two_a_copy, monkeypatch):
+    import gguf
+    original = gguf.GGUFWriter.add_bos_token_id
+    monkeypatch.setattr(gguf.GGUFWriter, "add_bos_token_id", lambda self, i: original(self, i + 5))
+    out = run_script(two_a_copy, EXPORT, "--stage", "2a", "--types", "f16", check=False)
+    one_error_line(out, "bos: llama.cpp has 6, the tokenizer 1")
+    assert not list(stages.export_dir(two_a_copy, "2a").glob("*.gguf"))
+
+
+def test_a_character_llama_cpp_cannot_encode_is_reported_not_a_crash(exported):
+    """The fixtures' vocabulary has no <0x..> byte tokens: llama.cpp aborts the process on a
+    character it cannot encode. The check runs it in a subprocess and names the text."""
+    from chateau import gguf_files, llama_cpp_check, models
+    project, _ = exported
+    source = stages.model_dir(project, "2c")
+    tokenizer = models.load_tokenizer(source)
+    text = llama_cpp_check.TYPOGRAPHY
+    assert llama_cpp_check.unencodable(tokenizer, text)  # e.g. "Ç": <unk> for transformers
+    figures, problems = llama_cpp_check.check(stages.export_dir(project, "2c") / "kafka-chateau-f16.gguf", tokenizer,
+                                              gguf_files.float_model(source), [], [text], "f16", leave_out_unencodable=False)
+    assert figures == {"llama_cpp": "aborted"} and "aborted tokenizing" in problems[0] and "byte tokens" in problems[0]
+
+
+def test_q4_k_m_is_made_by_llama_cpps_quantizer_and_checked(exported):
+    project, _ = exported
+    out = run_script(project, EXPORT, "--types", "q4_k_m")
+    record = json.loads((stages.export_dir(project, "2c") / "export.json").read_text())["kafka-chateau-q4_k_m.gguf"]
+    assert sum(record["tensor_types"].values()) == 16  # every matrix, in the types llama.cpp chose (64-wide: fallbacks)
+    engine = record["llama_cpp"]
+    assert abs(engine["perplexity_gguf"] / engine["perplexity_source"] - 1) <= 0.10 and engine["tokenizer_same_ids"]
+    assert "already exported" not in out.stdout

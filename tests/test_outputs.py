@@ -59,7 +59,7 @@ def test_scoreboard_rows_and_files(pipeline):
     assert set(board["samples"]) == {"base", "2a", "2b", "2c", "2d"}
     # the references calibrate the measures: the held-out slice is the novel (Delta 0 to itself)
     assert board["references"]["novel_held_out"]["delta_novel"] == 0
-    assert (project / "output" / "scoreboard.csv").read_text().startswith("stage,novel_perplexity")
+    assert (project / "output" / "scoreboard.csv").read_text().startswith("stage,form,novel_perplexity")
 
 
 def test_scoreboard_skips_unfinished_stages_with_a_note(pipeline, tmp_path, capsys):

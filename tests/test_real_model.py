@@ -49,7 +49,7 @@ def test_gguf_conversion_keeps_the_model_and_its_tokenizer(real_project, gguf_pa
     assert "quantization_config" not in config and config["num_hidden_layers"] == 30
 
 
-def test_every_step_runs_on_the_real_model_and_2c_learns(real_project, tmp_path):
+def test_every_step_runs_on_the_real_model_and_2c_learns(real_project, tmp_path, monkeypatch):
     project = tmp_path / "p"
     shutil.copytree(real_project, project, symlinks=True)
     gallica = [*TINY, "--seq-len", "64", "--validation-samples", "2", "--max-samples-per-book", "2",
@@ -66,11 +66,14 @@ def test_every_step_runs_on_the_real_model_and_2c_learns(real_project, tmp_path)
     metrics = json.loads((stages.folder(project, "2c") / "metrics.json").read_text())
     own = "eval_1c_kafka_loss"
     assert metrics["validation_loss_end"][own] < metrics["validation_loss_start"][own], metrics  # it learns the novel
+    print("real-model merge:", {k: metrics[k] for k in ("merged_validation_loss", "adapter_validation_loss", "merge_gap")})
+    assert metrics["merge_gap"] <= 0.05  # the merged model is no worse than the validated 4-bit + adapter
     run_script(project, "3_continue_kafka.py", "--new-tokens", "24", "--context-tokens", "48", "--chunk-tokens", "12")
     text = (project / "output" / "continuation_2c.md").read_text().split("\n---\n", 1)[1].strip()
     assert len(text.split()) >= 5  # real words from the real tokenizer
 
-    # Step 4 on a byte-level BPE model with tied embeddings: both types read back by transformers.
+    # Step 4 on a byte-level BPE model with tied embeddings: every file checked in llama.cpp
+    # itself, f16 and q8_0 also read back by transformers, q4_k_m from llama.cpp's quantizer.
     run_script(project, "4_export_gguf.py", "--name", "smol")
     record = json.loads((stages.folder(project, "2c") / "gguf" / "export.json").read_text())
     f16, q8 = record["smol-f16.gguf"]["round_trip"], record["smol-q8_0.gguf"]["round_trip"]
@@ -81,3 +84,19 @@ def test_every_step_runs_on_the_real_model_and_2c_learns(real_project, tmp_path)
     # q8_0 keeps perplexity (within 1%); top-1 agreement on this small, barely trained model is
     # ~97-98% (many near-ties between next tokens), below the 99% the fixture model reaches.
     assert q8["top1_agreement"] >= 0.95 and abs(q8["perplexity_gguf"] / q8["perplexity_source"] - 1) < 0.01
+
+    engine = {kind: record[f"smol-{kind}.gguf"]["llama_cpp"] for kind in ("f16", "q8_0", "q4_k_m")}
+    print("real-model in llama.cpp:", engine, record["smol-q4_k_m.gguf"]["tensor_types"])
+    for kind, figures in engine.items():  # the thresholds of chateau/llama_cpp_check.py, which step 4 enforced
+        assert figures["tokenizer_same_ids"] and not figures["warnings"] and figures["add_bos"], (kind, figures)
+        assert figures["bos"] == 1 and figures["eos"] == 2 and not figures["unencodable_left_out"]  # byte-level: no <unk>
+    assert engine["f16"]["top1_agreement"] >= 0.99 and engine["q8_0"]["top1_agreement"] >= 0.93
+    assert abs(engine["q4_k_m"]["perplexity_gguf"] / engine["q4_k_m"]["perplexity_source"] - 1) <= 0.10
+
+    # A file whose Q/K rows are left in HF's rotary layout (the "bad rope permutation" that only
+    # shows as gibberish in llama.cpp) is caught and not published.
+    from chateau import gguf_files
+    monkeypatch.setattr(gguf_files, "_permute", lambda weights, n_head: weights)
+    out = run_script(project, "4_export_gguf.py", "--name", "badrope", "--types", "f16", check=False)
+    assert out.returncode == 2 and "badrope-f16.gguf is not published: it failed its check in llama.cpp" in out.stderr
+    assert not (stages.folder(project, "2c") / "gguf" / "badrope-f16.gguf").exists()
