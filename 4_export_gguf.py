@@ -80,7 +80,10 @@ def main(argv=None):
     with lineage.StageLock(out_dir, "4"):
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
         out_dir.mkdir(parents=True, exist_ok=True)
-        checks = gguf_files.Checks(source, project) if settings.verify else None
+        for left in [*out_dir.glob(".*.partial"), *out_dir.glob(".*.for-quantizing.gguf"), *out_dir.glob(".*.json")]:
+            say(f"4: removing {left.name}: left by an export that was interrupted")  # we hold the lock: not a running one's
+            left.unlink()
+        checks = None  # the references for the checks, loaded when a first file needs them
         for kind in settings.types.split(","):
             path = out_dir / f"{settings.name}-{kind}.gguf"
             done = record.get(path.name, {})
@@ -107,7 +110,8 @@ def main(argv=None):
                     done["tensor_types"] = llama_cpp_check.quantize(f16, staging, kind)
                 say(f"4: {path.name}: llama.cpp's quantizer wrote its matrices as {done['tensor_types']} "
                     f"(a matrix too narrow for a K-quant falls back to another type)")
-            if checks is not None:
+            if settings.verify:
+                checks = checks or gguf_files.Checks(source, project)
                 try:
                     done.update(checks.run(staging, kind))
                 except StageError as failed:

@@ -17,15 +17,13 @@ from pathlib import Path
 from chateau.cli import StageError
 
 
-def convert_gguf(gguf_path, out_dir, dtype="float32"):
-    """`gguf_path` (a Llama-architecture GGUF, any quantization transformers reads) -> `out_dir`:
-    config.json, model.safetensors at `dtype` and the tokenizer (tokenizer.json), written into a
-    staging folder and renamed when complete. float32 keeps the dequantized weights exactly (a
-    4-bit block's scale x code + minimum is not always a bf16 number). Returns `out_dir`."""
+def read_gguf(gguf_path, dtype="float32"):
+    """(model, tokenizer) of a Llama-architecture GGUF file, as transformers reads it (any
+    quantization it reads, dequantized to `dtype`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise StageError(f"GGUF file not found at {gguf_path}")
     if _magic(gguf_path) != b"GGUF":
@@ -36,6 +34,17 @@ def convert_gguf(gguf_path, out_dir, dtype="float32"):
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
     except (ValueError, KeyError, OSError) as error:
         raise StageError(f"{gguf_path} could not be read as a model ({error}): a Llama-architecture GGUF is needed") from None
+    return model, tokenizer
+
+
+def convert_gguf(gguf_path, out_dir, dtype="float32", read=None):
+    """`gguf_path` (a Llama-architecture GGUF, any quantization transformers reads) -> `out_dir`:
+    config.json, model.safetensors at `dtype` and the tokenizer (tokenizer.json), written into a
+    staging folder and renamed when complete. float32 keeps the dequantized weights exactly (a
+    4-bit block's scale x code + minimum is not always a bf16 number). `read`: the (model,
+    tokenizer) read_gguf already gave, not read again. Returns `out_dir`."""
+    out_dir = Path(out_dir)
+    model, tokenizer = read or read_gguf(gguf_path, dtype)
     # The weights are plain floats now: a GGUF quantization_config left in config.json would make
     # every later load try to dequantize them again.
     if hasattr(model.config, "quantization_config"):

@@ -15,10 +15,11 @@ EXPORT = "4_export_gguf.py"
 
 
 @pytest.fixture(scope="module")
-def exported(pipeline, tmp_path_factory):
-    project = tmp_path_factory.mktemp("export") / "p"
-    shutil.copytree(pipeline[0], project, ignore=shutil.ignore_patterns("checkpoint-*"))
-    out = run_script(project, EXPORT, "--types", "f16,q8_0")
+def exported(pipeline):
+    """Step 4 with its defaults (f16, q8_0, q4_k_m) on the shared finished project, once: what the
+    notebook's export cell then finds already exported. Tests that change files work on a copy."""
+    project = pipeline[0]
+    out = run_script(project, EXPORT)
     return project, out
 
 
@@ -60,18 +61,20 @@ def test_both_types_round_trip_through_transformers(exported):
     assert "TEMPLATE" in modelfile and "<|" not in modelfile  # a completion model: no chat template
 
 
-def test_rerun_says_already_exported_and_a_half_written_file_is_never_taken_for_finished(exported):
-    project, _ = exported
+def test_rerun_says_already_exported_and_a_half_written_file_is_never_taken_for_finished(exported, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(exported[0], project, ignore=shutil.ignore_patterns("checkpoint-*"))
     gguf_dir = stages.folder(project, "2c") / "gguf"
     digest = lambda: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in gguf_dir.glob("*.gguf")}
     before = digest()
-    again = run_script(project, EXPORT, "--verify", "false", "--types", "f16,q8_0")
-    assert again.stdout.count("already exported") == 2 and digest() == before
+    again = run_script(project, EXPORT, "--verify", "false")
+    assert again.stdout.count("already exported") == 3 and digest() == before
     q8 = gguf_dir / "kafka-chateau-q8_0.gguf"
     q8.write_bytes(q8.read_bytes()[: q8.stat().st_size // 2])  # as if the disk filled up mid-write
     (gguf_dir / ".kafka-chateau-f16.gguf.partial").write_bytes(b"GGUF")  # an interrupted export's leftover
     out = run_script(project, EXPORT, "--verify", "false", "--types", "f16,q8_0")
     assert "already exported" in out.stdout and "writing" in out.stdout and digest() == before
+    assert not (gguf_dir / ".kafka-chateau-f16.gguf.partial").exists() and "removing .kafka-chateau-f16.gguf.partial" in out.stdout
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -133,10 +136,9 @@ def test_a_character_llama_cpp_cannot_encode_is_reported_not_a_crash(exported):
 
 
 def test_q4_k_m_is_made_by_llama_cpps_quantizer_and_checked(exported):
-    project, _ = exported
-    out = run_script(project, EXPORT, "--types", "q4_k_m")
+    project, out = exported
+    assert "kafka-chateau-q4_k_m.gguf: llama.cpp's quantizer wrote its matrices as" in out.stdout
     record = json.loads((stages.export_dir(project, "2c") / "export.json").read_text())["kafka-chateau-q4_k_m.gguf"]
     assert sum(record["tensor_types"].values()) == 16  # every matrix, in the types llama.cpp chose (64-wide: fallbacks)
     engine = record["llama_cpp"]
     assert abs(engine["perplexity_gguf"] / engine["perplexity_source"] - 1) <= 0.10 and engine["tokenizer_same_ids"]
-    assert "already exported" not in out.stdout

@@ -75,6 +75,7 @@ def test_a_merge_that_drifts_beyond_the_tolerance_is_not_published(project, monk
 # -- Every consumer runs the same staleness check on what it reads, the base model included.
 
 def test_a_stale_2c_is_refused_by_step_3_step_4_and_the_scoreboard(project, capsys):
+    shutil.rmtree(stages.export_dir(project, "2c"), ignore_errors=True)  # (the export tests may have made one)
     run_script(project, stages.script_of("1c"), *tiny_flags(stages.script_of("1c")), "--stride", "64", "--overwrite")
     for script, flags in ((CONTINUE, SHORT), (EXPORT, ["--types", "f16"])):
         one_error_line(run_script(project, script, *flags, check=False), "step 2c is stale: 1c changed")
