@@ -117,15 +117,22 @@ def _tokenizer_fields(tokenizer, vocab_size):
     # Every special added token is a control token (SmolLM2: its 17; a tokenizer's all_special_ids
     # lists only the few with a role, bos/eos/unk/pad): llama.cpp never splits them from text.
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
+    # llama.cpp's SentencePiece-style tokenizer merges, at each step, the adjacent pair whose
+    # concatenation has the highest score; BPE merges the pair of lowest rank. A piece's score is
+    # therefore minus the rank of the merge that makes it (pieces no merge makes come after all):
+    # scores by id would merge Llama 2's "▁▁" (id 259, the last merge) before "▁P" (rank 102).
+    rank = {}
+    for r, merge in enumerate(merges):
+        rank.setdefault(merge.replace(" ", ""), r)
     tokens, scores, types = [], [], []
     for i in range(vocab_size):
         token = by_id.get(i, f"[PAD{i}]")
         tokens.append(token)
-        scores.append(0.0 if i in special else -float(i))  # SentencePiece-BPE order: earlier pieces merge first
+        scores.append(0.0 if i in special else -float(rank.get(token, len(merges) + i)))
         types.append(_TOKEN_UNUSED if i not in by_id else _TOKEN_UNKNOWN if i == tokenizer.unk_token_id
                      else _TOKEN_CONTROL if i in special else _TOKEN_BYTE if re.fullmatch(r"<0x[0-9A-F]{2}>", token)
                      else _TOKEN_NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
     if byte_level:
         return ("gpt2", _byte_level_pre(spec.get("pre_tokenizer"))), tokens, scores, types, merges, False
     return ("llama", None), tokens, scores, types, merges, _space_prefix(spec)
