@@ -10,6 +10,7 @@ from conftest import ROOT
 
 
 def run(*args):
+    """A benchmark in its own process: it measures its own peak RSS, which the test process's would spoil."""
     out = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, text=True, capture_output=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
