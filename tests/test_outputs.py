@@ -124,7 +124,7 @@ def test_notebook_runs_top_to_bottom(pipeline, monkeypatch):
     from nbclient import NotebookClient
     project = pipeline[0]
     notebook = nbformat.read(ROOT / "notebook.ipynb", as_version=4)
-    for name, value in dict(KAFKA_PROJECT_DIR=str(project), KAFKA_NEW_TOKENS="40", KAFKA_SCOREBOARD_SAMPLES="2",
+    for name, value in dict(KAFKA_PROJECT_DIR=str(project), KAFKA_NEW_TOKENS="40", KAFKA_SCOREBOARD_SAMPLES="2", KAFKA_SCOREBOARD_TOKENS="40",
                             KAFKA_EXPORT="1").items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws the figures
