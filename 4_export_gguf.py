@@ -84,14 +84,19 @@ def main(argv=None):
             say(f"4: removing {left.name}: left by an export that was interrupted")  # we hold the lock: not a running one's
             left.unlink()
         checks = None  # the references for the checks, loaded when a first file needs them
+        identity_of = lambda kind: {"source": model_digest, "stage": settings.stage, "type": kind}
+
+        def recorded(path):
+            """The identity export.json records for `path`, when the file there is the whole one it recorded."""
+            done = record.get(path.name, {})
+            return done.get("identity") if path.exists() and done.get("bytes") == path.stat().st_size else None
+
         for kind in settings.types.split(","):
             path = out_dir / f"{settings.name}-{kind}.gguf"
-            done = record.get(path.name, {})
             # The one "already done" rule (chateau/lineage.py): a file whose record matches it and
             # this model is done; one from another model needs --overwrite; a half-written one is not a file.
-            identity = {"source": model_digest, "stage": settings.stage, "type": kind}
-            whole = path.exists() and done.get("bytes") == path.stat().st_size
-            if lineage.already_done(done.get("identity") if whole else None, identity, settings.overwrite, str(path)):
+            identity = identity_of(kind)
+            if lineage.already_done(recorded(path), identity, settings.overwrite, str(path)):
                 say(f"already exported: {path} (pass --overwrite to write it again)")
                 continue
             if kind in llama_cpp_check.LLAMA_TYPES and not llama_cpp_check.available():
@@ -106,7 +111,10 @@ def main(argv=None):
             if kind in gguf_files.EXPORT_TYPES:
                 gguf_files.export_gguf(source, staging, kind, settings.name)
             else:
-                with gguf_files.f16_for_quantizing(source, out_dir, settings.name) as f16:
+                f16 = out_dir / f"{settings.name}-f16.gguf"
+                published = f16 if recorded(f16) == identity_of("f16") else None
+                temporary = out_dir / f".{settings.name}-f16.for-quantizing.gguf"
+                with gguf_files.f16_for_quantizing(source, published, temporary, settings.name) as f16:
                     done["tensor_types"] = llama_cpp_check.quantize(f16, staging, kind)
                 say(f"4: {path.name}: llama.cpp's quantizer wrote its matrices as {done['tensor_types']} "
                     f"(a matrix too narrow for a K-quant falls back to another type)")

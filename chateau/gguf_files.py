@@ -217,22 +217,16 @@ def export_gguf(model_dir, out_path, kind, name):
 
 
 @contextlib.contextmanager
-def f16_for_quantizing(model_dir, out_dir, name):
-    """The f16 file llama.cpp's quantizer starts from: the published one when it is this model's
-    (step 4 writes f16 first), else a temporary one, removed afterwards."""
-    published = Path(out_dir) / f"{name}-f16.gguf"
-    record = Path(out_dir) / "export.json"
-    from chateau import lineage
-    source = lineage.model_digest(model_dir)
-    if published.exists() and record.exists() and \
-            json.loads(record.read_text()).get(published.name, {}).get("identity", {}).get("source") == source:
+def f16_for_quantizing(model_dir, published, temporary, name):
+    """The f16 file llama.cpp's quantizer starts from: `published`, when step 4's record says it is
+    this model's (step 4 writes f16 first); else a `temporary` one, removed afterwards."""
+    if published is not None:
         yield published
         return
-    temporary = Path(out_dir) / f".{name}-f16.for-quantizing.gguf"
     try:
         yield export_gguf(model_dir, temporary, "f16", name)
     finally:
-        temporary.unlink(missing_ok=True)
+        Path(temporary).unlink(missing_ok=True)
 
 
 class Checks:

@@ -23,7 +23,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from chateau import generation, lineage, models, prepared, stages
 from chateau.cleaning import GALLICA_SOURCE, is_page_number
@@ -159,15 +158,8 @@ def distinct_n(texts, n=2):
 
 def perplexity(model, dataset, batch_size=4, max_samples=64):
     """exp(mean token loss) over the first `max_samples` rows of a prepared validation split."""
-    losses, count = 0.0, 0
-    rows = dataset.select(range(min(max_samples, len(dataset))))["input_ids"]
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            ids = torch.tensor(rows[i:i + batch_size], device=model.device)
-            tokens = ids[:, 1:].numel()
-            losses += model(input_ids=ids, labels=ids).loss.float().item() * tokens
-            count += tokens
-    return math.exp(losses / max(1, count))
+    from chateau.training import validation_loss
+    return math.exp(validation_loss(model, dataset.select(range(min(max_samples, len(dataset)))), batch_size))
 
 
 # ---------------------------------------------------------------------------------------------

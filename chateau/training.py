@@ -290,7 +290,8 @@ class CurriculumTrainer(Trainer):
 
 
 def validation_loss(model, dataset, batch_size=4):
-    """Mean token loss of `model` over a validation split (fixed-length rows: the Trainer's eval_loss)."""
+    """Mean token loss of `model` over a validation split (fixed-length rows: the Trainer's
+    eval_loss): the merge's check, and the scoreboard's perplexities."""
     losses = []
     model.eval()
     with torch.no_grad():
