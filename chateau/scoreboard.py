@@ -1,10 +1,15 @@
 """The scoreboard: did each stage move the model the way it should, and did 2c learn the novel's
 world and voice rather than recite it?
 
-One row per finished stage (base, 2a, 2b, 2c), every figure measured the same way for each:
+One row per finished stage (base, 2a, 2b, 2c, 2d), every figure measured the same way for each:
 - perplexity on the novel's held-out slice (should fall at 2c) and on held-out French books
   (should fall at 2a/2b, and not rise much at 2c);
-- over N samples, each continuing a different passage of the novel's held-out slice:
+- the next-passage test (chateau.next_passage): does the model pick the true continuation of a
+  1,000-token held-out context among six? Likelihoods only;
+- over samples drawn until they hold ~5,000 words (what stylometry needs), each continuing a
+  passage of the novel's held-out slice:
+  - `told_apart`: the blind discriminator (chateau.discriminator): how well a classifier on
+    function words and character n-grams tells the samples from the novel (0.5: it cannot);
   - `lexicon_per_1000`: the novel's own lexicon (its most characteristic words and names against
     the French corpus, by weighted log-odds, derived from the novel itself) per 1,000 words;
   - `copied_8gram_share`: the share of generated word 8-grams found in the novel's text, and
@@ -13,20 +18,25 @@ One row per finished stage (base, 2a, 2b, 2c), every figure measured the same wa
   - `delta_novel`, `delta_french`: Burrows' Delta over the French corpus's most frequent words
     between the samples and the novel's held-out slice, and held-out French (lower = closer);
   - artifacts (page numbers, running heads, source lines) per 1,000 words, distinct-2.
-Saved as output/scoreboard.json (rows, references, the lexicon) and output/scoreboard.csv.
+Two reference rows measure the held-out novel and held-out French the same way, for scale.
+`COLUMNS` says what each column is and which way is better. Saved as output/scoreboard.json
+(rows, references, sizes, samples, the lexicon) and output/scoreboard.csv.
 """
 import csv
+import dataclasses
+import io
 import json
 import math
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
-from chateau import generation, lineage, models, prepared, stages
+from chateau import discriminator, generation, lineage, models, next_passage, prepared, stages
 from chateau.cleaning import GALLICA_SOURCE, is_page_number
-from chateau.cli import StageError, parse_settings, positive, project_dir, run, setting
+from chateau.cli import StageError, parse_settings, positive, project_dir, run, setting, write_atomic
 
 WORD = re.compile(r"[^\W\d_]+")  # letters only: "l'auberge" -> "l", "auberge"
 LEXICON_SIZE = 100    # the novel's most characteristic words
@@ -165,28 +175,38 @@ def perplexity(model, dataset, batch_size=4, max_samples=64):
 # ---------------------------------------------------------------------------------------------
 # The texts every stage is measured against.
 
+STYLOMETRY_WORDS = 5000  # words per text where attribution becomes stable for novels (Eder 2015, "Does size matter?")
+
+
 @dataclass
 class References:
     """What the generations are compared with, all derived from the project's own data."""
     novel_words: list       # the novel's whole text (clean_text.txt)
-    held_out_words: list    # the novel's held-out slice (1c validation)
-    french_words: list      # held-out French books (1b validation, else 1a)
+    held_out_text: str      # the novel's held-out slice (1c validation), as text
+    french_text: str        # held-out French books (1b validation, else 1a), as text
     corpus_words: list      # the French corpus (1a and 1b training samples)
     french_stage: str       # the prepare step whose validation split is the held-out French
     lexicon: list
     vocabulary: list        # the corpus's most frequent words, for Delta
     reference_chunks: list
-    prompts: list           # passages of the held-out slice, one per sample
+    prompts: list           # passages of the held-out slice, cycled through by the samples
+
+    @property
+    def held_out_words(self):
+        return words(self.held_out_text)
+
+    @property
+    def french_words(self):
+        return words(self.french_text)
 
 
-def decoded_words(tokenizer, dataset, max_rows):
-    rows = dataset.select(range(min(max_rows, len(dataset))))["input_ids"]
-    return words(generation.decode_rows(tokenizer, rows))
+def decoded_text(tokenizer, dataset, max_rows):
+    return generation.decode_rows(tokenizer, dataset.select(range(min(max_rows, len(dataset))))["input_ids"])
 
 
 def references(project, tokenizer, n_prompts, chunk_words=1000, max_corpus_rows=2000):
-    """The novel, its held-out slice, held-out French and the French corpus, as words; the
-    novel's lexicon; Delta's vocabulary and reference chunks; the sample prompts."""
+    """The novel, its held-out slice, held-out French and the French corpus; the novel's lexicon;
+    Delta's vocabulary and reference chunks; the sample prompts."""
     from datasets import load_from_disk
     novel_dir = stages.folder(project, stages.NOVEL_DATA)
     if prepared.read_manifest(novel_dir) is None:
@@ -196,22 +216,21 @@ def references(project, tokenizer, n_prompts, chunk_words=1000, max_corpus_rows=
     if french_stage is None:
         raise StageError(f"no prepared French data ({' or '.join(stages.FRENCH_DATA)}): {stages.stage(stages.FRENCH_DATA[0]).hint()}")
     corpus = [w for s in stages.FRENCH_DATA if prepared.read_manifest(stages.folder(project, s))
-              for w in decoded_words(tokenizer, load_from_disk(str(stages.folder(project, s)))["train"], max_corpus_rows)]
+              for w in words(decoded_text(tokenizer, load_from_disk(str(stages.folder(project, s)))["train"], max_corpus_rows))]
     novel_words = words((novel_dir / "clean_text.txt").read_text())
-    held_out_words = decoded_words(tokenizer, novel["validation"], max_corpus_rows)
-    vocabulary = most_frequent_words(corpus)
-    size = min(chunk_words, max(50, len(held_out_words) // 2))
+    held_out = decoded_text(tokenizer, novel["validation"], max_corpus_rows)
+    size = min(chunk_words, max(50, len(words(held_out)) // 2))
     return References(
-        novel_words=novel_words, held_out_words=held_out_words,
-        french_words=decoded_words(tokenizer, load_from_disk(str(stages.folder(project, french_stage)))["validation"], max_corpus_rows),
-        corpus_words=corpus, french_stage=french_stage, lexicon=characteristic_words(novel_words, corpus), vocabulary=vocabulary,
-        reference_chunks=chunks(corpus, size) + chunks(novel_words, size),
+        novel_words=novel_words, held_out_text=held_out,
+        french_text=decoded_text(tokenizer, load_from_disk(str(stages.folder(project, french_stage)))["validation"], max_corpus_rows),
+        corpus_words=corpus, french_stage=french_stage, lexicon=characteristic_words(novel_words, corpus),
+        vocabulary=most_frequent_words(corpus), reference_chunks=chunks(corpus, size) + chunks(novel_words, size),
         prompts=generation.held_out_prompts(project, tokenizer, n_prompts),
     )
 
 
 def score_texts(texts, refs):
-    """Every text measure of one stage's samples (prompts excluded)."""
+    """Every text measure of one stage's samples (prompts excluded) but the discriminator."""
     generated = [w for t in texts for w in words(t)]
     return {
         "lexicon_per_1000": round(lexicon_rate(texts, refs.lexicon), 2),
@@ -221,7 +240,15 @@ def score_texts(texts, refs):
         "delta_french": round(burrows_delta(generated, refs.french_words, refs.reference_chunks, refs.vocabulary), 3),
         "artifacts_per_1000": round(artifact_rate(texts), 2),
         "distinct_2": round(distinct_n(texts), 3),
+        "words": len(generated),
     }
+
+
+def told_apart(texts, other_text, chunk_words):
+    """The blind discriminator's figures for `texts` against `other_text` (the novel's held-out slice)."""
+    result = discriminator.discriminate([" ".join(texts)], [other_text], chunk_words)
+    return {"told_apart": result.accuracy, "told_apart_95": [result.low, result.high],
+            "told_apart_chunks": result.chunks_per_side}
 
 
 FORMS = {stages.FULL_MODEL: "full model", stages.ADAPTER: "adapter on its base, unmerged",
@@ -257,79 +284,202 @@ def finished_stages(project, model_stages, base_model, allow_stale=False):
     return kept, notes
 
 
-def build(project, model_stages=stages.MODEL_STAGES, n_samples=8, sampling=None, max_eval_samples=64,
-          base_model=stages.BASE_MODEL, allow_stale=False):
-    """Score every finished stage (a stale one only with `allow_stale`, marked so); write
-    output/scoreboard.{json,csv}; return the rows."""
-    from datasets import load_from_disk
-    sampling = sampling or generation.Sampling()
-    kept, notes = finished_stages(project, model_stages, base_model, allow_stale)
-    for note in notes:
-        print(f"scoreboard: skipped {note}")
-    # The tokenizer every stage shares, from the first one's full model (an adapter's is its base's).
-    tokenizer = models.load_tokenizer(stages.model_dir(project, kept[0], base_model)) if kept else None
-    refs = references(project, tokenizer, n_samples) if kept else None
-    novel_validation = load_from_disk(str(stages.folder(project, stages.NOVEL_DATA)))["validation"] if kept else None
-    french_validation = load_from_disk(str(stages.folder(project, refs.french_stage)))["validation"] if kept else None
-    rows, samples = [], {}
-    for stage in kept:
-        model, tokenizer = generation.load_stage(project, stage, base_model, allow_stale=allow_stale)
-        texts = generation.generate_from_prompts(model, tokenizer, sampling, refs.prompts)
-        samples[stage] = texts
-        stale = stage != "base" and lineage.stale_reason(project, stage)
-        rows.append({
-            "stage": stage + (" (stale)" if stale else ""), "form": form(stage),
-            "novel_perplexity": round(perplexity(model, novel_validation, max_samples=max_eval_samples), 2),
-            "french_perplexity": round(perplexity(model, french_validation, max_samples=max_eval_samples), 2),
-            **score_texts(texts, refs),
-            "samples": len(texts),
-        })
-        del model
-    out = project / "output"
-    out.mkdir(parents=True, exist_ok=True)
-    reference_rows = {} if refs is None else {
-        "novel_held_out": score_texts([" ".join(refs.held_out_words)], refs),
-        "french_held_out": score_texts([" ".join(refs.french_words)], refs),
-    }
-    (out / "scoreboard.json").write_text(json.dumps({
-        "rows": rows, "references": reference_rows, "skipped": notes,
-        "lexicon": refs.lexicon if refs else [], "prompts": refs.prompts if refs else [], "samples": samples,
-    }, indent=2, ensure_ascii=False) + "\n")
-    with (out / "scoreboard.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["stage"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return rows
-
-
-def format_table(rows):
-    if not rows:
-        return "(no stage trained yet)"
-    keys = list(rows[0])
-    widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
-    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
-    lines += ["  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)) for r in rows]
-    return "\n".join(lines)
-
-
 @dataclass
 class Settings:
-    """python -m chateau.scoreboard [--project-dir DIR]: every finished stage scored, the table printed."""
+    """python -m chateau.scoreboard [--project-dir DIR]: every finished stage scored, the table printed.
+
+    The defaults are the real run's: ~5,000 generated words per stage (what stylometry needs),
+    a 40-item next-passage test with 1,000-token contexts. ~2 minutes per stage on a 12 GB GPU."""
     project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)")
     base_model: str = setting(stages.BASE_MODEL, stages.BASE_MODEL_HELP)
-    samples: int = setting(8, "generated samples per stage (each from another passage of the held-out slice)")
+    words: int = setting(STYLOMETRY_WORDS, "generated words per stage (at least; samples are drawn until there are this many)")
+    sample_tokens: int = setting(512, "tokens per generated sample (each continues a passage of the held-out slice)")
+    batch_size: int = setting(generation.GENERATION_BATCH, "samples generated together")
+    chunk_words: int = setting(discriminator.CHUNK_WORDS, "words per chunk of the blind discriminator")
+    next_passage_items: int = setting(40, "items of the next-passage test (0: skip it)")
+    context_tokens: int = setting(next_passage.CONTEXT_TOKENS, "context of each next-passage item, in tokens")
+    candidate_tokens: int = setting(next_passage.CANDIDATE_TOKENS, "length of each next-passage candidate, in tokens")
     max_eval_samples: int = setting(64, "validation rows per perplexity")
     allow_stale: bool = setting(False, "score stages whose inputs changed since they were trained too (marked stale)")
 
     def problems(self):
-        return positive(self, "samples", "max_eval_samples")
+        return positive(self, "words", "sample_tokens", "batch_size", "chunk_words", "context_tokens",
+                        "candidate_tokens", "max_eval_samples") + positive(self, "next_passage_items", allow=(0,))
+
+
+MAX_SAMPLE_FACTOR = 4  # a stage that writes few words (EOS early) gets at most 4x the expected samples
+
+
+def samples_until(model, tokenizer, sampling, prompts, target_words, batch_size, expected_words_per_sample):
+    """Samples, a batch at a time (the prompts cycled), until they hold `target_words` words."""
+    texts, total = [], 0
+    cap = MAX_SAMPLE_FACTOR * max(1, math.ceil(target_words / max(1, expected_words_per_sample)))
+    while total < target_words and len(texts) < cap:
+        batch = [prompts[(len(texts) + k) % len(prompts)] for k in range(batch_size)]
+        seeded = dataclasses.replace(sampling, seed=sampling.seed + len(texts))
+        new = generation.generate_from_prompts(model, tokenizer, seeded, batch, batch_size)
+        texts += new
+        total += sum(len(words(t)) for t in new)
+    return texts
+
+
+def build(project, settings=None, model_stages=stages.MODEL_STAGES, progress=print):
+    """Score every finished stage (a stale one only with `allow_stale`, marked so); write
+    output/scoreboard.{json,csv}; return the board (rows, reference rows, sizes)."""
+    from datasets import load_from_disk
+    settings = settings or Settings()
+    sampling = generation.Sampling(new_tokens=settings.sample_tokens)
+    kept, notes = finished_stages(project, model_stages, settings.base_model, settings.allow_stale)
+    for note in notes:
+        progress(f"scoreboard: skipped {note}")
+    # The tokenizer every stage shares, from the first one's full model (an adapter's is its base's).
+    tokenizer = models.load_tokenizer(stages.model_dir(project, kept[0], settings.base_model)) if kept else None
+    refs = references(project, tokenizer, 64) if kept else None
+    if kept:
+        novel_validation = load_from_disk(str(stages.folder(project, stages.NOVEL_DATA)))["validation"]
+        french_validation = load_from_disk(str(stages.folder(project, refs.french_stage)))["validation"]
+        items = next_passage.build_items(tokenizer, refs.held_out_text, settings.next_passage_items,
+                                         settings.context_tokens, settings.candidate_tokens)
+    rows, samples = [], {}
+    for number, stage in enumerate(kept, 1):
+        began = time.time()
+        model, tokenizer = generation.load_stage(project, stage, settings.base_model, allow_stale=settings.allow_stale)
+        texts = samples_until(model, tokenizer, sampling, refs.prompts, settings.words, settings.batch_size,
+                              expected_words_per_sample=settings.sample_tokens // 2)
+        samples[stage] = texts
+        generated = time.time() - began
+        passage = next_passage.score(model, items, settings.context_tokens, settings.candidate_tokens)
+        stale = stage != "base" and lineage.stale_reason(project, stage)
+        rows.append({
+            "stage": stage + (" (stale)" if stale else ""), "form": form(stage),
+            "novel_perplexity": round(perplexity(model, novel_validation, max_samples=settings.max_eval_samples), 2),
+            "french_perplexity": round(perplexity(model, french_validation, max_samples=settings.max_eval_samples), 2),
+            "next_passage": passage.accuracy, "next_passage_95": [passage.low, passage.high], "next_passage_items": passage.items,
+            **told_apart(texts, refs.held_out_text, settings.chunk_words),
+            **score_texts(texts, refs),
+            "samples": len(texts),
+        })
+        progress(f"scoreboard: {stage} ({number}/{len(kept)}): {len(texts)} samples, {rows[-1]['words']:,} words in "
+                 f"{generated:.0f} s; next passage and perplexities in {time.time() - began - generated:.0f} s")
+        del model
+    reference_rows = [] if refs is None else [reference_row(refs, settings.chunk_words)[name] for name in REFERENCES]
+    board = {
+        "rows": rows, "references": reference_rows, "skipped": notes, "settings": settings.__dict__,
+        "indicative": indicative(rows), "lexicon": refs.lexicon if refs else [],
+        "prompts": refs.prompts if refs else [], "samples": samples,
+    }
+    out = project / "output"
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "scoreboard.json", json.dumps(board, indent=2, ensure_ascii=False) + "\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["stage"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out / "scoreboard.csv", table.getvalue())
+    return board
+
+
+REFERENCES = {
+    "(novel)": "the novel's held-out slice measured as a stage's samples are; told apart: its first half from its second",
+    "(French)": "held-out French books measured the same way; told apart: from the novel's held-out slice",
+}
+
+
+def reference_row(refs, chunk_words):
+    """The two rows that give the measures their scale: the held-out novel itself (its Delta to
+    itself is 0, its lexicon the novel's; its two halves should not be told apart, ~0.5) and
+    held-out French (how far another author is)."""
+    held_out = refs.held_out_text.split()
+    halves = [" ".join(held_out[:len(held_out) // 2])], " ".join(held_out[len(held_out) // 2:])
+    return {
+        "(novel)": {"stage": "(novel)", "form": REFERENCES["(novel)"], **told_apart(*halves, chunk_words),
+                    **score_texts([refs.held_out_text], refs), "samples": 1},
+        "(French)": {"stage": "(French)", "form": REFERENCES["(French)"],
+                     **told_apart([refs.french_text], refs.held_out_text, chunk_words),
+                     **score_texts([refs.french_text], refs), "samples": 1},
+    }
+
+
+def indicative(rows):
+    """A warning when a stage's figures rest on fewer words than stylometry needs, else None."""
+    fewest = min((r["words"] for r in rows), default=0)
+    if rows and fewest < STYLOMETRY_WORDS:
+        return (f"indicative only: {fewest:,} generated words for the smallest stage; lexicon, Delta and the discriminator "
+                f"become stable around {STYLOMETRY_WORDS:,} words per text (Eder 2015)")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The table as people read it.
+
+# (key, short header, which way is better, what it is): one place for the scoreboard's columns.
+COLUMNS = [
+    ("stage", "stage", "", "base model, each trained stage, and the two reference rows in parentheses"),
+    ("novel_perplexity", "novel ppl", "↓", "perplexity on the novel's held-out slice"),
+    ("french_perplexity", "French ppl", "↓", "perplexity on held-out French books (should not rise much at 2c)"),
+    ("next_passage", "next passage", "↑", "next-passage accuracy: the true 100-token continuation of a 1,000-token context among six (chance 0.17)"),
+    ("told_apart", "told apart", "↓ 0.5", "blind discriminator's accuracy telling the samples from the novel (0.5: it cannot)"),
+    ("delta_novel", "Δ novel", "↓", "Burrows' Delta to the novel's held-out slice (150 most frequent words)"),
+    ("delta_french", "Δ French", "", "Burrows' Delta to held-out French"),
+    ("lexicon_per_1000", "lexicon", "↑", "the novel's 100 most characteristic words, per 1,000 words"),
+    ("copied_8gram_share", "copied", "↓", "share of word 8-grams found verbatim in the novel"),
+    ("longest_copy_words", "longest copy", "↓", "longest run of words copied from the novel"),
+    ("artifacts_per_1000", "artifacts", "↓", "page numbers, running heads, source lines per 1,000 words"),
+    ("distinct_2", "distinct-2", "↑", "distinct word pairs / all word pairs (1: no repetition)"),
+    ("words", "words", "", "generated words the text measures rest on"),
+]
+
+
+def cell(row, key):
+    value = row.get(key)
+    if value is None or value == "":
+        return "—"
+    if key == "copied_8gram_share":
+        return f"{100 * value:.1f}%"
+    if key == "told_apart":
+        low, high = row["told_apart_95"]
+        return f"{value:.2f} [{low:.2f}, {high:.2f}] ×{row['told_apart_chunks']}"
+    if key == "next_passage":
+        low, high = row["next_passage_95"]
+        return f"{value:.2f} [{low:.2f}, {high:.2f}] ×{row['next_passage_items']}"
+    if key == "words":
+        return f"{value:,}"
+    return str(value)
+
+
+def table_rows(board):
+    """Header and cells of the stage rows and the reference rows."""
+    header = [f"{short} {better}".strip() for _, short, better, _ in COLUMNS]
+    return header, [[cell(row, key) for key, *_ in COLUMNS] for row in board["rows"] + board["references"]]
+
+
+def format_table(board):
+    """The board as aligned plain text (the terminal, the logs)."""
+    if not board["rows"]:
+        return "(no stage trained yet)"
+    header, body = table_rows(board)
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header] + body]
+    return "\n".join(lines + ([board["indicative"]] if board["indicative"] else []))
+
+
+def markdown_table(board):
+    """The board as a Markdown table, its columns explained beneath (the notebook, docs/results.md)."""
+    if not board["rows"]:
+        return "(no stage trained yet)"
+    header, body = table_rows(board)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in body]
+    legend = [f"- **{short}** {better}: {what}" for _, short, better, what in COLUMNS[1:]]
+    legend.append("- [a, b]: 95% interval; ×N: the chunks (per side) or items the figure rests on")
+    legend += [f"- **{name}**: {what}" for name, what in REFERENCES.items()]
+    if board["indicative"]:
+        legend.insert(0, f"**{board['indicative']}.**\n")
+    return "\n".join(lines) + "\n\n" + "\n".join(legend)
 
 
 def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
-    print(format_table(build(project_dir(settings.project_dir), n_samples=settings.samples,
-                             max_eval_samples=settings.max_eval_samples, base_model=settings.base_model,
-                             allow_stale=settings.allow_stale)))
+    print(format_table(build(project_dir(settings.project_dir), settings)))
 
 
 if __name__ == "__main__":

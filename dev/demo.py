@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from chateau import generation, scoreboard, stages
+from chateau import scoreboard, stages
 from dev import fixtures
-from dev.runner import ScriptFailed, run_script
+from dev.runner import ScriptFailed, run_script, scoreboard_settings
 
 
 def main():
@@ -43,8 +43,7 @@ def main():
     print(f"   {continuation.strip()[:300]!r} ...\n   (a 100k-parameter model trained for seconds: the words are French-shaped, not yet French)")
 
     print("\n== scoreboard (output/scoreboard.json)")
-    rows = scoreboard.build(project, n_samples=4, sampling=generation.Sampling(new_tokens=60), max_eval_samples=16)
-    print(scoreboard.format_table(rows))
+    print(scoreboard.format_table(scoreboard.build(project, scoreboard_settings("tiny"))))
     print(f"\nthe curriculum ran in {time.time() - began:.0f} s; outputs under {project}")
 
 

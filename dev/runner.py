@@ -20,6 +20,12 @@ def profile(name, stage):
     return ["--config", str(PROFILES / name / f"{stage}.json")]
 
 
+def scoreboard_settings(name, *flags):
+    """chateau.scoreboard's settings from run profile `name` (profiles/<name>/scoreboard.json), `flags` beside it."""
+    from chateau import cli, scoreboard
+    return cli.parse_settings(scoreboard.Settings, profile(name, "scoreboard") + [str(f) for f in flags])
+
+
 _modules = {}
 
 

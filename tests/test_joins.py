@@ -13,6 +13,7 @@ import torch
 from chateau import lineage, scoreboard, stages
 from chateau.cli import run
 from conftest import fixtures, one_error_line, run_script, tiny_flags
+from dev.runner import scoreboard_settings
 
 TWO_A, TWO_B, TWO_C = (stages.script_of(s) for s in ("2a", "2b", "2c"))
 CONTINUE, EXPORT = stages.script_of("3"), stages.script_of("4")
@@ -80,7 +81,8 @@ def test_a_stale_2c_is_refused_by_step_3_step_4_and_the_scoreboard(project, caps
     for script, flags in ((CONTINUE, SHORT), (EXPORT, ["--types", "f16"])):
         one_error_line(run_script(project, script, *flags, check=False), "step 2c is stale: 1c changed")
     assert not (project / "output" / "continuation_2c.md").exists() and not stages.export_dir(project, "2c").exists()
-    rows = scoreboard.build(project, model_stages=("2c",), n_samples=1, max_eval_samples=2)
+    rows = scoreboard.build(project, scoreboard_settings("tiny", "--words", 1, "--next-passage-items", 0, "--max-eval-samples", 2),
+                            model_stages=("2c",))["rows"]
     assert rows == [] and "2c is stale" in capsys.readouterr().out
     # --allow-stale: the user's choice, said in the output's header
     run_script(project, CONTINUE, *SHORT, "--allow-stale")

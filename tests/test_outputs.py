@@ -7,6 +7,7 @@ import pytest
 from chateau import downloads, scoreboard, stages
 from chateau.cli import StageError
 from conftest import ROOT, fixtures, run_script
+from dev.runner import scoreboard_settings
 
 
 
@@ -48,18 +49,30 @@ def test_artifacts_and_repetition_on_hand_written_texts():
 
 def test_scoreboard_rows_and_files(pipeline):
     project = pipeline[0]
-    rows = scoreboard.build(project, n_samples=2, max_eval_samples=8)
+    board = scoreboard.build(project, scoreboard_settings("tiny"))
+    rows = board["rows"]
     assert [r["stage"] for r in rows] == ["base", "2a", "2b", "2c", "2d"]  # every model stage of the table
     by = {r["stage"]: r for r in rows}
     assert by["2c"]["novel_perplexity"] < by["2b"]["novel_perplexity"]  # 2c imprinted the novel
     assert by["2d"]["novel_perplexity"] < by["2a"]["novel_perplexity"]  # and so did 2d, its alternative
     assert by["2a"]["french_perplexity"] < by["base"]["french_perplexity"]  # 2a learned French
-    board = json.loads((project / "output" / "scoreboard.json").read_text())
-    assert board["rows"] == rows and len(board["prompts"]) == 2 and board["lexicon"]
-    assert set(board["samples"]) == {"base", "2a", "2b", "2c", "2d"}
+    # Samples are drawn until they hold the words asked for; every figure says what it rests on.
+    assert all(r["words"] >= 300 and r["samples"] % 8 == 0 for r in rows)
+    assert all(r["next_passage_items"] == 8 and 0 <= r["next_passage"] <= 1 for r in rows)
+    assert all(r["told_apart_chunks"] >= 4 and r["told_apart_95"][0] <= r["told_apart"] <= r["told_apart_95"][1] for r in rows)
+    assert "indicative only" in board["indicative"]  # 300 words, not the 5,000 stylometry needs
+    saved = json.loads((project / "output" / "scoreboard.json").read_text())
+    assert saved["rows"] == rows and len(saved["prompts"]) >= 8 and saved["lexicon"]
+    assert set(saved["samples"]) == {"base", "2a", "2b", "2c", "2d"}
     # the references calibrate the measures: the held-out slice is the novel (Delta 0 to itself)
-    assert board["references"]["novel_held_out"]["delta_novel"] == 0
+    novel, french = saved["references"]
+    assert novel["stage"] == "(novel)" and novel["delta_novel"] == 0 and french["stage"] == "(French)"
     assert (project / "output" / "scoreboard.csv").read_text().startswith("stage,form,novel_perplexity")
+    text = scoreboard.format_table(board).splitlines()
+    assert text[0].split()[:4] == ["stage", "novel", "ppl", "↓"] and text[-1].startswith("indicative only")
+    assert len(text) == 1 + 5 + 2 + 1 and len({len(line) for line in text[1:-1]}) <= 2  # aligned
+    markdown = scoreboard.markdown_table(board)
+    assert "| (novel) |" in markdown and "**told apart** ↓ 0.5" in markdown
 
 
 def test_scoreboard_skips_unfinished_stages_with_a_note(pipeline, tmp_path, capsys):
@@ -67,7 +80,8 @@ def test_scoreboard_skips_unfinished_stages_with_a_note(pipeline, tmp_path, caps
     project = tmp_path / "p"
     shutil.copytree(pipeline[0], project, ignore=shutil.ignore_patterns("checkpoint-*"))
     (stages.folder(project, "2b") / "metrics.json").unlink()  # as if 2b were still training
-    rows = scoreboard.build(project, n_samples=1, max_eval_samples=2, sampling=scoreboard.generation.Sampling(new_tokens=4))
+    rows = scoreboard.build(project, scoreboard_settings("tiny", "--words", 1, "--sample-tokens", 4, "--next-passage-items", 0,
+                                                        "--max-eval-samples", 2))["rows"]
     assert [r["stage"] for r in rows] == ["base", "2a", "2d"]  # 2c was made from the 2b that is gone: stale
     out = capsys.readouterr().out
     assert "skipped 2b: not finished" in out and "step 2c is stale: 2b changed" in out
