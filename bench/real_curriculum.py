@@ -23,7 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
-from chateau import generation, models, scoreboard, stages
+from chateau import generation, scoreboard, stages
 from chateau.gguf_files import convert_gguf
 from dev import real_inputs
 from dev.runner import ROOT, ScriptFailed, profile, run_script, scoreboard_settings
@@ -213,9 +213,7 @@ def main():
     print(f"generation: {speed}", flush=True)
     board = scoreboard.build(project, scoreboard_settings("real-cpu"), progress=lambda line: print(line, flush=True))
     print(scoreboard.format_table(board), flush=True)
-    side = generation.side_by_side(project, generation.Sampling(new_tokens=SIDE_TOKENS), base_model=BASE)
-    prompt = generation.held_out_prompts(project, models.load_tokenizer(project / BASE), 1)[0]
-    side = {"prompt": prompt, **{stage: text[len(prompt):].strip() for stage, text in side.items()}}
+    side = dict(generation.side_by_side(project, generation.Sampling(new_tokens=SIDE_TOKENS), base_model=BASE))
     continuation = (project / "output" / "continuation_2c.md").read_text().split("\n---\n", 1)[1].strip()
     args.report.write_text(report(project, board, side, continuation, time.time() - began, books, speed))
     print(f"report written to {args.report} ({(time.time() - began) / 60:.0f} minutes)")

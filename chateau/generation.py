@@ -17,7 +17,7 @@ class Sampling:
     """How every sample of the project is drawn: T 0.8, top-p 0.9, repetition penalty 1.1."""
     prompt: str = setting("", "prompt of the generated samples ('' = a passage of the novel's held-out slice)")
     new_tokens: int = setting(200, "tokens generated per sample")
-    temperature: float = setting(0.8, "sampling temperature (> 0)")
+    temperature: float = setting(0.8, "sampling temperature (0 = greedy: always the most likely token)")
     top_p: float = setting(0.9, "nucleus sampling: keep the smallest set of tokens with this probability (0, 1]")
     repetition_penalty: float = setting(1.1, "repetition penalty (1 = none)")
     seed: int = setting(0, "seed of the sampling (same seed, model and device -> same text)")
@@ -29,8 +29,8 @@ class Sampling:
             out.append(f"{flag('new_tokens')} must be > 0 (got {self.new_tokens})")
         # Logits are divided by the temperature: below ~0.01 they overflow to inf and the
         # probabilities become NaN; above 100 every token is as likely as any other.
-        if not 0.01 <= self.temperature <= 100:
-            out.append(f"{flag('temperature')} must be in [0.01, 100] (got {self.temperature})")
+        if not (self.temperature == 0 or 0.01 <= self.temperature <= 100):
+            out.append(f"{flag('temperature')} must be 0 (greedy) or in [0.01, 100] (got {self.temperature})")
         if not 0 < self.top_p <= 1:
             out.append(f"{flag('top_p')} must be in (0, 1] (got {self.top_p})")
         if not 0 < self.repetition_penalty <= 10:
@@ -77,11 +77,11 @@ def generate_batch(model, tokenizer, batch_ids, sampling, max_new_tokens, stream
     width = max(len(ids) for ids in batch_ids)
     ids = torch.tensor([[pad] * (width - len(row)) + row for row in batch_ids], device=model.device)
     mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in batch_ids], device=model.device)
+    drawn = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p) if sampling.temperature else \
+        dict(do_sample=False, temperature=None, top_p=None, top_k=None)  # greedy
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
-                             max_new_tokens=max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-                             repetition_penalty=sampling.repetition_penalty, pad_token_id=pad,
-                             streamer=streamer)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **drawn,
+                             repetition_penalty=sampling.repetition_penalty, pad_token_id=pad, streamer=streamer)
     new = out[:, width:].tolist()
     eos = tokenizer.eos_token_id
     return [row[:row.index(eos) + 1] if eos in row else row for row in new]
@@ -149,18 +149,21 @@ def held_out_prompts(project, tokenizer, n, fallback=stages.FRENCH_DATA[0]):
 
 
 def side_by_side(project, sampling, model_stages=stages.MODEL_STAGES, base_model=stages.BASE_MODEL):
-    """{stage: text} for every stage whose model exists (the notebook's "trying the models"), all
-    from the same prompt: `sampling.prompt`, or a passage of the novel's held-out slice."""
-    out, prompt = {}, sampling.prompt
+    """The notebook's "trying the models": ("prompt", prompt) first, then (stage, continuation) for
+    every model stage as soon as it is generated (a stage that cannot be loaded: its reason, in
+    parentheses), all from the same prompt: `sampling.prompt`, or a passage of the novel's held-out slice."""
+    prompt, announced = sampling.prompt, False
     for stage in model_stages:
         try:
             model, tokenizer = load_stage(project, stage, base_model)
         except StageError as missing:
-            out[stage] = f"({missing.message})"
+            yield stage, f"({missing.message})"
             continue
         prompt = prompt or held_out_prompts(project, tokenizer, 1)[0]
-        out[stage] = prompt + " " + generate_from_prompts(model, tokenizer, sampling, [prompt])[0].lstrip()
-    return out
+        if not announced:
+            yield "prompt", prompt
+            announced = True
+        yield stage, generate_from_prompts(model, tokenizer, sampling, [prompt])[0].strip()
 
 
 def continue_text(model, tokenizer, prompt_ids, new_tokens, context_tokens, chunk_tokens, sampling, stream=False):

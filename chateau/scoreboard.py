@@ -307,6 +307,11 @@ class Settings:
                         "candidate_tokens", "max_eval_samples") + positive(self, "next_passage_items", allow=(0,))
 
 
+def load_settings(config=""):
+    """The scoreboard's settings: the defaults (the real run's), or a profile file's (profiles/*/scoreboard.json)."""
+    return parse_settings(Settings, ["--config", str(config)] if config else [])
+
+
 MAX_SAMPLE_FACTOR = 4  # a stage that writes few words (EOS early) gets at most 4x the expected samples
 
 

@@ -34,6 +34,7 @@ class Stage:
     data: str = None     # train stages: the prepare stage trained on (its validation set is the primary one)
     eval_also: tuple = ()  # train stages: prepare stages whose validation loss is also reported (forgetting)
     adapter_from: str = None  # QLoRA stages: the train stage whose adapter is continued (None: a new LoRA)
+    title: str = ""      # what people call it (plots, summaries): its data or its model
 
     @property
     def kind(self):
@@ -60,19 +61,21 @@ class Stage:
 
 
 TABLE = (
-    Stage("1a", "1a_prepare_gallica_fullweight.py", "data/1a_gallica_fullweight", PREPARED, reads=("base", "gallica")),
-    Stage("1b", "1b_prepare_gallica_QLoRA.py", "data/1b_gallica_qlora", PREPARED, reads=("base", "gallica")),
-    Stage("1c", "1c_prepare_kafka.py", "data/1c_kafka", PREPARED, reads=("base", "novel")),
+    Stage("1a", "1a_prepare_gallica_fullweight.py", "data/1a_gallica_fullweight", PREPARED, reads=("base", "gallica"),
+          title="French books, 512 tokens"),
+    Stage("1b", "1b_prepare_gallica_QLoRA.py", "data/1b_gallica_qlora", PREPARED, reads=("base", "gallica"),
+          title="French books, 2,048 tokens"),
+    Stage("1c", "1c_prepare_kafka.py", "data/1c_kafka", PREPARED, reads=("base", "novel"), title="the novel"),
     Stage("2a", "2a_train_gallica_fullweight.py", "models/2a_gallica_fullweight", FULL_MODEL,
-          base="base", recipe="fullweight", data="1a"),
+          base="base", recipe="fullweight", data="1a", title="French, full weights"),
     Stage("2b", "2b_train_gallica_QLoRA.py", "models/2b_gallica_qlora", ADAPTER,
-          base="2a", recipe="qlora", data="1b", eval_also=("1a",)),
+          base="2a", recipe="qlora", data="1b", eval_also=("1a",), title="French, QLoRA"),
     Stage("2c", "2c_train_kafka_QLoRA.py", "models/2c_kafka_qlora", MERGED,
-          base="2a", recipe="qlora", data="1c", eval_also=("1b",), adapter_from="2b"),
+          base="2a", recipe="qlora", data="1c", eval_also=("1b",), adapter_from="2b", title="the novel, QLoRA (merged)"),
     Stage("2d", "2d_train_kafka_fullweight.py", "models/2d_kafka_fullweight", FULL_MODEL,
-          base="2a", recipe="fullweight", data="1c", eval_also=("1a",)),
-    Stage("3", "3_continue_kafka.py", "output", TEXT, reads=("2c", "1c")),
-    Stage("4", "4_export_gguf.py", "models/2c_kafka_qlora/gguf", EXPORT, reads=("2c",)),
+          base="2a", recipe="fullweight", data="1c", eval_also=("1a",), title="the novel, full weights"),
+    Stage("3", "3_continue_kafka.py", "output", TEXT, reads=("2c", "1c"), title="the continuation"),
+    Stage("4", "4_export_gguf.py", "models/2c_kafka_qlora/gguf", EXPORT, reads=("2c",), title="GGUF export"),
 )
 STAGES = {stage.name: stage for stage in TABLE}
 PREPARE_STAGES = tuple(s.name for s in TABLE if s.kind == "prepare")  # ("1a", "1b", "1c")
@@ -132,6 +135,21 @@ def is_adapter(name):
 def export_dir(project, name):
     """Where step 4 writes the GGUF files of stage `name`."""
     return folder(project, name) / "gguf"
+
+
+def path_to(name):
+    """The train stages that lead to stage `name`, in training order ("2c" -> ("2a", "2b", "2c")):
+    each stage follows the one whose adapter it continues, else the one it starts from."""
+    chain = []
+    while name and name != "base":
+        chain.insert(0, name)
+        name = STAGES[name].adapter_from or STAGES[name].base
+    return tuple(chain)
+
+
+def label(name):
+    """"2c: the novel, QLoRA (merged)"; "base" for the base model."""
+    return "base model" if name == "base" else f"{name}: {STAGES[name].title}"
 
 
 def model_stages_of(kinds):

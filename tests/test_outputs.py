@@ -75,6 +75,18 @@ def test_scoreboard_rows_and_files(pipeline):
     assert "| (novel) |" in markdown and "**told apart** ↓ 0.5" in markdown
 
 
+def test_batched_generation_reads_each_left_padded_prompt_as_if_it_were_alone(pipeline):
+    """Prompts of different lengths generated together (left-padded) give what each gives alone
+    (greedy, so that no random draw differs between the two)."""
+    from chateau import generation
+    model, tokenizer = generation.load_stage(pipeline[0], "2c")
+    prompts = ["K. regarda le château.", "Le maire expliqua, non sans peine, qu'on n'avait nul besoin d'un arpenteur.", "Frieda"]
+    greedy = generation.Sampling(new_tokens=24, temperature=0, repetition_penalty=1.5)  # (else it writes only newlines)
+    alone = [generation.generate_from_prompts(model, tokenizer, greedy, [p])[0] for p in prompts]
+    together = generation.generate_from_prompts(model, tokenizer, greedy, prompts, batch_size=3)
+    assert together == alone and len(set(alone)) == 3
+
+
 def test_scoreboard_skips_unfinished_stages_with_a_note(pipeline, tmp_path, capsys):
     import shutil
     project = tmp_path / "p"
@@ -138,15 +150,29 @@ def test_notebook_runs_top_to_bottom(pipeline, monkeypatch):
     from nbclient import NotebookClient
     project = pipeline[0]
     notebook = nbformat.read(ROOT / "notebook.ipynb", as_version=4)
-    for name, value in dict(KAFKA_PROJECT_DIR=str(project), KAFKA_NEW_TOKENS="40", KAFKA_SCOREBOARD_SAMPLES="2", KAFKA_SCOREBOARD_TOKENS="40",
-                            KAFKA_EXPORT="1").items():
+    assert all(cell.get("id") for cell in notebook.cells)  # JupyterLab would add them and mark the file modified
+    for name, value in dict(KAFKA_PROJECT_DIR=str(project), KAFKA_NEW_TOKENS="40", KAFKA_EXPORT="1",
+                            KAFKA_SCOREBOARD_CONFIG=str(ROOT / "profiles" / "tiny" / "scoreboard.json")).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws the figures
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-    text = "".join(o.get("text", "") for o in outputs)
-    assert any("image/png" in o.get("data", {}) for o in outputs)  # the curves were drawn
-    assert "Gallica not needed" in text and "model already" in text and "novel already" in text
-    assert "novel_perplexity" in text and "=== 2c" in text
-    assert "kafka-chateau-q8_0.gguf" in text and "MiB" in text  # the export ran and its files are listed
+    cells = {cell.id: cell for cell in notebook.cells if cell.cell_type == "code"}
+    outputs = [o for cell in cells.values() for o in cell.outputs]
+    text = lambda cell: "".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "") for o in cells[cell].outputs)
+    images = lambda cell: sum("image/png" in o.get("data", {}) for o in cells[cell].outputs)
+    # Nothing but what the cells print: no traceback, no warning, no progress bar, nothing on stderr.
+    assert not [o for o in outputs if o.output_type == "error"]
+    noise = [o["text"] for o in outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert not noise, noise
+    for unwanted in ("Traceback", "Warning", "IProgress", "Loading weights", "it/s]"):
+        assert unwanted not in "".join(text(c) for c in cells), unwanted
+    assert "Gallica not needed" in text("downloads") and "model already" in text("downloads") and "novel already" in text("downloads")
+    assert "2c: the novel, QLoRA (merged): 34 steps" in text("monitoring") and images("monitoring") == 1
+    assert images("curriculum") == 1 and images("scoreboard") == 1
+    assert "| step | sample |" in text("samples")
+    blocks = [o["data"]["text/markdown"] for o in cells["trying"].outputs if o.output_type == "display_data"]
+    assert blocks[0].startswith("**Prompt**") and len(blocks) == 1 + 5 and blocks[4].startswith("**2c: the novel")
+    assert sum(b.startswith("**Prompt**") for b in blocks) == 1  # the prompt once, not in every block
+    assert "| stage | novel ppl ↓ |" in text("scoreboard") and "| (novel) |" in text("scoreboard")
+    assert "kafka-chateau-q8_0.gguf" in text("export") and "MiB" in text("export")  # the export ran and its files are listed
     assert (project / "output" / "scoreboard.json").exists()
