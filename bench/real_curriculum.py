@@ -128,7 +128,7 @@ def per_step(project, stage):
 def report(project, board, side, continuation, seconds, books, speed):
     settings = board["settings"]
     side_text = "\n\n".join(f"**{stage}**\n\n> {text}" for stage, text in side.items())
-    title = next(t for stem, _, t, _ in real_inputs.corpus_books() if stem == NOVEL)
+    author, title = next((a, t) for stem, a, t, _ in real_inputs.corpus_books() if stem == NOVEL)
     m1c = manifest(project, "1c")
     return f"""# Results: the curriculum on a real model and real text (CPU scale)
 
@@ -142,7 +142,7 @@ Every number below is measured by that run; nothing is edited by hand.
   lines, hyphens, running heads, page numbers, source lines), split by the pipeline itself into 1a
   ({manifest(project, '1a')['train_books']} + {manifest(project, '1a')['validation_books']} held-out books) and 1b
   ({manifest(project, '1b')['train_books']} + {manifest(project, '1b')['validation_books']}).
-- **The novel**: Balzac's *{title}* ({m1c['pages']} printed pages: running heads, page numbers, hyphenation) through 1c:
+- **The novel**: *{title}* ({author}) ({m1c['pages']} printed pages: running heads, page numbers, hyphenation) through 1c:
   {m1c['tokens']:,} tokens, {m1c['train_windows']} training windows of {SEQ} tokens that do not overlap and
   {m1c['validation_windows']} held-out ones (the middle 12% of the book). The shortest novel of the corpus whose held-out
   slice still holds ~5,000 words, so that 2c can read all of it in this run (*Madame Bovary*, the tests' novel, would take ~2 hours more).
@@ -213,7 +213,8 @@ def main():
     print(f"generation: {speed}", flush=True)
     board = scoreboard.build(project, scoreboard_settings("real-cpu"), progress=lambda line: print(line, flush=True))
     print(scoreboard.format_table(board), flush=True)
-    side = dict(generation.side_by_side(project, generation.Sampling(new_tokens=SIDE_TOKENS), base_model=BASE))
+    scored = tuple(row["stage"] for row in board["rows"])  # the stages this run made (not 2d)
+    side = dict(generation.side_by_side(project, generation.Sampling(new_tokens=SIDE_TOKENS), scored, base_model=BASE))
     continuation = (project / "output" / "continuation_2c.md").read_text().split("\n---\n", 1)[1].strip()
     args.report.write_text(report(project, board, side, continuation, time.time() - began, books, speed))
     print(f"report written to {args.report} ({(time.time() - began) / 60:.0f} minutes)")

@@ -184,12 +184,16 @@ class References:
     novel_words: list       # the novel's whole text (clean_text.txt)
     held_out_text: str      # the novel's held-out slice (1c validation), as text
     french_text: str        # held-out French books (1b validation, else 1a), as text
-    corpus_words: list      # the French corpus (1a and 1b training samples)
+    corpus_text: str        # the French corpus (1a and 1b training samples), as text
     french_stage: str       # the prepare step whose validation split is the held-out French
     lexicon: list
     vocabulary: list        # the corpus's most frequent words, for Delta
     reference_chunks: list
     prompts: list           # passages of the held-out slice, cycled through by the samples
+
+    @property
+    def corpus_words(self):
+        return words(self.corpus_text)
 
     @property
     def held_out_words(self):
@@ -215,15 +219,16 @@ def references(project, tokenizer, n_prompts, chunk_words=1000, max_corpus_rows=
     french_stage = next((s for s in stages.FRENCH_DATA if prepared.read_manifest(stages.folder(project, s))), None)
     if french_stage is None:
         raise StageError(f"no prepared French data ({' or '.join(stages.FRENCH_DATA)}): {stages.stage(stages.FRENCH_DATA[0]).hint()}")
-    corpus = [w for s in stages.FRENCH_DATA if prepared.read_manifest(stages.folder(project, s))
-              for w in words(decoded_text(tokenizer, load_from_disk(str(stages.folder(project, s)))["train"], max_corpus_rows))]
+    corpus_text = " ".join(decoded_text(tokenizer, load_from_disk(str(stages.folder(project, s)))["train"], max_corpus_rows)
+                           for s in stages.FRENCH_DATA if prepared.read_manifest(stages.folder(project, s)))
+    corpus = words(corpus_text)
     novel_words = words((novel_dir / "clean_text.txt").read_text())
     held_out = decoded_text(tokenizer, novel["validation"], max_corpus_rows)
     size = min(chunk_words, max(50, len(words(held_out)) // 2))
     return References(
         novel_words=novel_words, held_out_text=held_out,
         french_text=decoded_text(tokenizer, load_from_disk(str(stages.folder(project, french_stage)))["validation"], max_corpus_rows),
-        corpus_words=corpus, french_stage=french_stage, lexicon=characteristic_words(novel_words, corpus),
+        corpus_text=corpus_text, french_stage=french_stage, lexicon=characteristic_words(novel_words, corpus),
         vocabulary=most_frequent_words(corpus), reference_chunks=chunks(corpus, size) + chunks(novel_words, size),
         prompts=generation.held_out_prompts(project, tokenizer, n_prompts),
     )
@@ -386,7 +391,8 @@ def build(project, settings=None, model_stages=stages.MODEL_STAGES, progress=pri
 
 REFERENCES = {
     "(novel)": "the novel's held-out slice measured as a stage's samples are; told apart: its first half from its second",
-    "(French)": "held-out French books measured the same way; told apart: from the novel's held-out slice",
+    "(French)": "held-out French books measured the same way; told apart: the corpus's French books (the other authors) "
+                "from the novel's held-out slice",
 }
 
 
@@ -396,11 +402,14 @@ def reference_row(refs, chunk_words):
     held-out French (how far another author is)."""
     held_out = refs.held_out_text.split()
     halves = [" ".join(held_out[:len(held_out) // 2])], " ".join(held_out[len(held_out) // 2:])
+    # Other authors against the novel: the corpus's books, as many chunks as the novel's slice has
+    # (the held-out French alone is a few samples in a small run; no model is involved here, so
+    # books the stages trained on serve as well as held-out ones).
     return {
         "(novel)": {"stage": "(novel)", "form": REFERENCES["(novel)"], **told_apart(*halves, chunk_words),
                     **score_texts([refs.held_out_text], refs), "samples": 1},
         "(French)": {"stage": "(French)", "form": REFERENCES["(French)"],
-                     **told_apart([refs.french_text], refs.held_out_text, chunk_words),
+                     **told_apart([refs.corpus_text], refs.held_out_text, chunk_words),
                      **score_texts([refs.french_text], refs), "samples": 1},
     }
 
@@ -422,7 +431,7 @@ COLUMNS = [
     ("stage", "stage", "", "base model, each trained stage, and the two reference rows in parentheses"),
     ("novel_perplexity", "novel ppl", "↓", "perplexity on the novel's held-out slice"),
     ("french_perplexity", "French ppl", "↓", "perplexity on held-out French books (should not rise much at 2c)"),
-    ("next_passage", "next passage", "↑", "next-passage accuracy: the true 100-token continuation of a 1,000-token context among six (chance 0.17)"),
+    ("next_passage", "next passage", "↑", "next-passage accuracy: the true continuation of a held-out context picked among six (chance 0.17)"),
     ("told_apart", "told apart", "↓ 0.5", "blind discriminator's accuracy telling the samples from the novel (0.5: it cannot)"),
     ("delta_novel", "Δ novel", "↓", "Burrows' Delta to the novel's held-out slice (150 most frequent words)"),
     ("delta_french", "Δ French", "", "Burrows' Delta to held-out French"),
@@ -476,6 +485,10 @@ def markdown_table(board):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in body]
     legend = [f"- **{short}** {better}: {what}" for _, short, better, what in COLUMNS[1:]]
     legend.append("- [a, b]: 95% interval; ×N: the chunks (per side) or items the figure rests on")
+    size = board["settings"]
+    legend.append(f"- sizes: samples of {size['sample_tokens']} tokens until {size['words']:,} words per stage; "
+                  f"next passage: {size['context_tokens']}-token contexts, {size['candidate_tokens']}-token candidates; "
+                  f"discriminator: {size['chunk_words']}-word chunks")
     legend += [f"- **{name}**: {what}" for name, what in REFERENCES.items()]
     if board["indicative"]:
         legend.insert(0, f"**{board['indicative']}.**\n")
