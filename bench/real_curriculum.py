@@ -29,7 +29,7 @@ from dev import real_inputs
 from dev.runner import ROOT, ScriptFailed, profile, run_script, scoreboard_settings
 
 BASE = "models/SmolLM2-135M"  # profiles/real-cpu/ names it as --base-model
-NOVEL = "FRA00501_Balzac"  # Albert Savarus: ~92k SmolLM2 tokens, so that 2c reads it whole in ~45 minutes
+NOVEL = "FRA00501_Balzac"  # Albert Savarus: 86k SmolLM2 tokens, so that 2c reads it whole in ~16 minutes
 SEQ = 256  # tokens per sample at every step (profiles/real-cpu/): ~30 s per 1,000 trained tokens on 2 cores
 # (script, flags): the run profile profiles/real-cpu/.
 STEPS = [(stages.script_of(name), profile("real-cpu", name)) for name in ("1a", "1b", "1c", "2a", "2b", "2c")]
