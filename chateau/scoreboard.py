@@ -31,6 +31,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -191,15 +192,11 @@ class References:
     reference_chunks: list
     prompts: list           # passages of the held-out slice, cycled through by the samples
 
-    @property
-    def corpus_words(self):
-        return words(self.corpus_text)
-
-    @property
-    def held_out_words(self):
+    @cached_property
+    def held_out_words(self):  # read by every stage's Delta: split once
         return words(self.held_out_text)
 
-    @property
+    @cached_property
     def french_words(self):
         return words(self.french_text)
 
@@ -372,9 +369,8 @@ def build(project, settings=None, model_stages=stages.MODEL_STAGES, progress=pri
         progress(f"scoreboard: {stage} ({number}/{len(kept)}): {len(texts)} samples, {rows[-1]['words']:,} words in "
                  f"{generated:.0f} s; next passage and perplexities in {time.time() - began - generated:.0f} s")
         del model
-    reference_rows = [] if refs is None else [reference_row(refs, settings.chunk_words)[name] for name in REFERENCES]
     board = {
-        "rows": rows, "references": reference_rows, "skipped": notes, "settings": settings.__dict__,
+        "rows": rows, "references": reference_rows(refs, settings.chunk_words) if refs else [], "skipped": notes, "settings": settings.__dict__,
         "indicative": indicative(rows), "lexicon": refs.lexicon if refs else [],
         "prompts": refs.prompts if refs else [], "samples": samples,
     }
@@ -396,7 +392,7 @@ REFERENCES = {
 }
 
 
-def reference_row(refs, chunk_words):
+def reference_rows(refs, chunk_words):
     """The two rows that give the measures their scale: the held-out novel itself (its Delta to
     itself is 0, its lexicon the novel's; its two halves should not be told apart, ~0.5) and
     held-out French (how far another author is)."""
@@ -405,13 +401,12 @@ def reference_row(refs, chunk_words):
     # Other authors against the novel: the corpus's books, as many chunks as the novel's slice has
     # (the held-out French alone is a few samples in a small run; no model is involved here, so
     # books the stages trained on serve as well as held-out ones).
-    return {
-        "(novel)": {"stage": "(novel)", "form": REFERENCES["(novel)"], **told_apart(*halves, chunk_words),
-                    **score_texts([refs.held_out_text], refs), "samples": 1},
-        "(French)": {"stage": "(French)", "form": REFERENCES["(French)"],
-                     **told_apart([refs.corpus_text], refs.held_out_text, chunk_words),
-                     **score_texts([refs.french_text], refs), "samples": 1},
-    }
+    return [
+        {"stage": "(novel)", "form": REFERENCES["(novel)"], **told_apart(*halves, chunk_words),
+         **score_texts([refs.held_out_text], refs), "samples": 1},
+        {"stage": "(French)", "form": REFERENCES["(French)"], **told_apart([refs.corpus_text], refs.held_out_text, chunk_words),
+         **score_texts([refs.french_text], refs), "samples": 1},
+    ]
 
 
 def indicative(rows):
@@ -444,18 +439,23 @@ COLUMNS = [
 ]
 
 
+SIZE_OF = {"told_apart": "told_apart_chunks", "next_passage": "next_passage_items"}  # what each interval rests on
+
+
+def interval(row, key):
+    """A figure with its 95% interval: "0.83 [0.70, 0.91]"."""
+    low, high = row[key + "_95"]
+    return f"{row[key]:.2f} [{low:.2f}, {high:.2f}]"
+
+
 def cell(row, key):
     value = row.get(key)
     if value is None or value == "":
         return "—"
     if key == "copied_8gram_share":
         return f"{100 * value:.1f}%"
-    if key == "told_apart":
-        low, high = row["told_apart_95"]
-        return f"{value:.2f} [{low:.2f}, {high:.2f}] ×{row['told_apart_chunks']}"
-    if key == "next_passage":
-        low, high = row["next_passage_95"]
-        return f"{value:.2f} [{low:.2f}, {high:.2f}] ×{row['next_passage_items']}"
+    if key in SIZE_OF:
+        return f"{interval(row, key)} ×{row[SIZE_OF[key]]}"
     if key == "words":
         return f"{value:,}"
     return str(value)
