@@ -33,12 +33,13 @@ class Settings:
     chunk_tokens: int = setting(512, "tokens written per window")
     output: str = setting("", "output file, relative to the project folder or absolute (default: output/continuation_<stage>.md)")
     allow_stale: bool = setting(False, "continue with a stage whose inputs changed since it was trained (said in the file's header)")
+    device: str = setting("", models.DEVICE_HELP + "; --device cpu writes while a step trains on the GPU")
     # --prompt (default: the end of the novel's clean text), --new-tokens (4000, ~3,000 words: a
     # chapter), --temperature, --top-p, --repetition-penalty, --seed.
     sampling: generation.Sampling = group(chapter_sampling, "", "sampling settings")
 
     def problems(self):
-        out = positive(self, "context_tokens", "chunk_tokens") + self.sampling.problems()
+        out = positive(self, "context_tokens", "chunk_tokens") + self.sampling.problems() + models.device_problems(self.device)
         if self.stage not in stages.MODEL_STAGES:
             out.append(f"--stage must be one of {', '.join(stages.MODEL_STAGES)}")
         if self.sampling.prompt and self.prompt_file:
@@ -69,7 +70,7 @@ def output_path(project, settings):
 
 def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
-    models.set_up_device()
+    models.set_up_device(settings.device, require_gpu=False)  # writing on the CPU is slow, not wrong
     project = project_dir(settings.project_dir)
     sampling = settings.sampling
 

@@ -20,10 +20,11 @@ held-out windows within chateau/llama_cpp_check.py's THRESHOLDS; f16 and q8_0 ar
 by transformers. A file that fails is not published, and the line says what failed.
 """
 import json
+import shutil
 from dataclasses import dataclass
 
 from chateau import generation, gguf_files, lineage, llama_cpp_check, stages
-from chateau.cli import StageError, parse_settings, project_dir, run, say, setting, write_atomic
+from chateau.cli import StageError, is_disk_full, parse_settings, project_dir, run, say, setting, write_atomic
 
 
 @dataclass
@@ -63,6 +64,10 @@ def modelfile(gguf_name, settings):
             f"PARAMETER top_p {sampling.top_p}\n"
             f"PARAMETER repeat_penalty {sampling.repetition_penalty}\n"
             f"PARAMETER num_ctx {settings.context}\n")
+
+
+def weights_gib(model_dir):
+    return sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 2**30
 
 
 def main(argv=None):
@@ -108,14 +113,25 @@ def main(argv=None):
             staging.unlink(missing_ok=True)  # an interrupted run's
             say(f"4: writing {path} ...")
             done = {"identity": identity, "stage": settings.stage, "stale": stale}
-            if kind in gguf_files.EXPORT_TYPES:
-                gguf_files.export_gguf(source, staging, kind, settings.name)
-            else:
-                f16 = out_dir / f"{settings.name}-f16.gguf"
-                published = f16 if recorded(f16) == identity_of("f16") else None
-                temporary = out_dir / f".{settings.name}-f16.for-quantizing.gguf"
-                with gguf_files.f16_for_quantizing(source, published, temporary, settings.name) as f16:
-                    done["tensor_types"] = llama_cpp_check.quantize(f16, staging, kind)
+            temporary = out_dir / f".{settings.name}-f16.for-quantizing.gguf"
+            try:
+                if kind in gguf_files.EXPORT_TYPES:
+                    gguf_files.export_gguf(source, staging, kind, settings.name)
+                else:
+                    f16 = out_dir / f"{settings.name}-f16.gguf"
+                    published = f16 if recorded(f16) == identity_of("f16") else None
+                    with gguf_files.f16_for_quantizing(source, published, temporary, settings.name) as f16:
+                        done["tensor_types"] = llama_cpp_check.quantize(f16, staging, kind)
+            except Exception as error:  # noqa: BLE001 - re-raised unless the disk is full
+                if not is_disk_full(error):
+                    raise
+                for partial in (staging, temporary):  # never left holding the space the user needs
+                    partial.unlink(missing_ok=True)
+                raise StageError(f"disk full: {path.name} could not be written in {out_dir} "
+                                 f"({shutil.disk_usage(out_dir).free / 2**30:.2f} GiB free there; the model's weights are "
+                                 f"{weights_gib(source):.2f} GiB): nothing was published and the partial file was removed; "
+                                 f"free some disk space, then rerun the same command") from None
+            if kind not in gguf_files.EXPORT_TYPES:
                 say(f"4: {path.name}: llama.cpp's quantizer wrote its matrices as {done['tensor_types']} "
                     f"(a matrix too narrow for a K-quant falls back to another type)")
             if settings.verify:

@@ -17,6 +17,7 @@ if [ -z "${JUPYTER_TOKEN:-}" ]; then
 fi
 echo "Open http://127.0.0.1:8000/lab/tree/notebook.ipynb?token=${JUPYTER_TOKEN}"
 export JUPYTER_TOKEN
+python -m chateau.doctor --quick || true &  # what this machine can do per stage, in `docker logs`; beside Jupyter's start, never delaying `docker stop`
 
 # `docker stop` sends SIGTERM to this process (PID 1) only, and SIGKILLs every process of the
 # container when PID 1 exits or the grace period ends. So PID 1 forwards the signal to the running

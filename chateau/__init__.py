@@ -19,6 +19,16 @@ package is their shared machinery:
     gguf_files  GGUF in (a GGUF base model) and out (step 4), checked by transformers' reader
     llama_cpp_check  step 4's check in llama.cpp itself, and llama.cpp's quantizer (subprocesses)
     scoreboard  did each stage move the model the way it should?
+    memorization  how much of its training text a model recites (extraction, suffix probability) vs held-out
     monitor     training curves and samples for the notebook
     downloads   fetching only what the curriculum needs (the notebook's section 1)
+    memory_plan what each stage needs: GPU memory at its peak and disk, from the model's shape and its settings
+    doctor      `python -m chateau.doctor`: what this machine can do for each stage at its defaults
 """
+
+# Every step, the demo and the notebook: no library progress bars ("Loading weights"), none of
+# their known deprecation warnings. Here, because the bars read their switches when the libraries
+# are imported, and every script imports this package before them.
+from chateau.cli import quiet as _quiet
+
+_quiet()

@@ -8,10 +8,12 @@ import argparse
 import dataclasses
 import errno
 import json
+import logging
 import math
 import os
 import sys
 import typing
+import warnings
 from pathlib import Path
 
 
@@ -30,6 +32,30 @@ class Interrupted(Exception):
         super().__init__(message)
         self.signal_name, self.message = signal_name, message
         self.exit_code = 130 if signal_name == "SIGINT" else 143  # 128 + the signal's number
+
+
+# Warnings the libraries print for their own deprecations, not the user's doing: kept out of the
+# notebook's output (each a message pattern, matched from the start).
+KNOWN_WARNINGS = (
+    "IProgress not found",                       # tqdm in Jupyter without ipywidgets: the bars are off anyway
+    "`gradient_checkpointing_kwargs` is deprecated", "`gradient_checkpointing_enable` is deprecated",
+    "`is_gradient_checkpointing` is deprecated",  # transformers 5 renamed these; peft still calls them
+    "builtin type swig",                          # pymupdf's SWIG bindings under Python 3.11+
+)
+
+
+def quiet():
+    """A step's (and the notebook's) output without the libraries' noise: no progress bars (transformers'
+    "Loading weights", datasets', the hub's) and none of the known deprecation warnings above.
+    Call it before importing them: the bars read their switches at import."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    # bitsandbytes on CPU logs that an optional faster kernel (the `kernels` package) is absent;
+    # its own CPU path runs without it, and on a GPU the message never comes.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def run(main, argv=None):
@@ -64,6 +90,16 @@ DISK_FIXES = {
     errno.EROFS: "the project folder is read-only: mount it writable (docker run -v \"$PWD/project:/project\")",
     errno.EACCES: "this user cannot write there: make the project folder writable by it (in the container: uid 1000)",
 }
+
+
+# How a full disk shows itself while torch, safetensors or the GGUF writer write: an OSError (ENOSPC,
+# EDQUOT), torch's zip writer's RuntimeError ("[enforce fail at inline_container.cc:...] . unexpected
+# pos"), or a short write without an errno ("4096 requested and 928 written").
+DISK_FULL_SIGNS = ("No space left", "file write failed", "unexpected pos", "Disk quota exceeded", "requested and")
+
+
+def is_disk_full(error):
+    return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(sign in str(error) for sign in DISK_FULL_SIGNS)
 
 
 def project_dir(value=""):

@@ -11,13 +11,15 @@ update counts in expectation (tests/test_training.py checks it against an fp32 r
 fp32 master weights with bitsandbytes' paged 8-bit AdamW (`--optimizer paged_adamw_8bit`) are
 exact too but need 1.1B x (4 + 4 + 2) = 11 GB before activations: too much for 12 GB.
 """
+import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from chateau import lineage, models, stages, training
-from chateau.cli import setting
+from chateau.cli import say, setting
 
 OPTIMIZERS = ("adamw8bit_sr", "paged_adamw_8bit", "adamw_torch")
 
@@ -49,6 +51,52 @@ def make_optimizer(model, settings):
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     bf16 = next(model.parameters()).dtype == torch.bfloat16
     return AdamW8bit(groups, lr=settings.lr, bf16_stochastic_round=bf16)
+
+
+# torchao compiles AdamW8bit's per-parameter step (torch.compile, fullgraph) the first time it meets
+# each parameter shape: TinyLlama has 7, about 1-3 minutes of silence on a first run.
+COMPILE_EXPECTED = "about 1-3 minutes on a first run"
+
+
+def compile_probe(optimizer):
+    """Compile the optimizer's step for every parameter shape and dtype, on scratch tensors (the
+    model's weights and the optimizer's state are not touched): a compile that fails, fails here,
+    before any weight has moved. torch.compile's cache then serves the real steps."""
+    from torchao.optim.adam import single_param_adam
+    compiled = torch.compile(single_param_adam, fullgraph=True, dynamic=False)
+    seen = set()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if (p.shape, p.dtype, p.device) in seen:
+                continue
+            seen.add((p.shape, p.dtype, p.device))
+            scratch = torch.zeros_like(p)
+            compiled(scratch, torch.zeros_like(p), torch.tensor(1.0), optimizer._new_buffer(scratch, True),
+                     optimizer._new_buffer(scratch, False), None, group["lr"], group["betas"][0], group["betas"][1],
+                     group["weight_decay"], group["eps"], optimizer.is_adamw,
+                     optimizer.bf16_stochastic_round and p.dtype is torch.bfloat16)
+
+
+def prepare_optimizer_step(optimizer, compile=True, probe=compile_probe):
+    """The 8-bit optimizer's step, compiled where it can be (announced, timed), else eager: a
+    compile that fails (an Inductor or Triton error, a card Triton does not support) is one
+    warning line and the eager step, which computes the same updates, never the end of the run.
+    Returns what metrics.json records ("compiled in N s", "eager: ...")."""
+    if not compile:
+        return "eager (CPU: torch.compile is off)"
+    say(f"compiling the 8-bit optimizer's step (torch.compile, once per parameter shape: {COMPILE_EXPECTED}, "
+        f"nothing is printed meanwhile)")
+    began = time.time()
+    try:
+        probe(optimizer)
+    except Exception as error:  # noqa: BLE001 - any compile failure: the eager step instead
+        torch.compiler.set_stance("force_eager")  # torch.compile'd functions run as plain Python from now on
+        reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:160]}"
+        print(f"warning: the optimizer step could not be compiled ({reason}): it runs eagerly instead (the same "
+              f"updates, a slower optimizer step); recorded in metrics.json", file=sys.stderr)
+        return f"eager (compile failed: {reason})"
+    say(f"optimizer step compiled in {time.time() - began:.0f} s")
+    return f"compiled in {time.time() - began:.0f} s"
 
 
 def cut_samples(dataset, tokens):
@@ -97,6 +145,10 @@ def train(settings, name):
             validation = {k: cut_samples(v, settings.sample_tokens) for k, v in validation.items()}
 
         # 3. Train.
-        optimizers = (make_optimizer(model, settings), None) if settings.optimizer == "adamw8bit_sr" else (None, None)
+        optimizers, extra = (None, None), {}
+        if settings.optimizer == "adamw8bit_sr":
+            optimizers = (make_optimizer(model, settings), None)
+            extra["optimizer_step"] = prepare_optimizer_step(optimizers[0], compile=models.use_cuda())
         optim = "adamw_torch" if settings.optimizer == "adamw8bit_sr" else settings.optimizer
-        return training.fit(settings, run, model, tokenizer, train_data, validation, optimizers=optimizers, optim=optim)
+        return training.fit(settings, run, model, tokenizer, train_data, validation, optimizers=optimizers, optim=optim,
+                            extra_metrics=extra)

@@ -56,8 +56,7 @@ def load_stage(project, stage, base_model=stages.BASE_MODEL, allow_stale=None):
     models.require(path / "config.json", f"the {stage} model", hint)
     model = models.load_model(path, fix=hint)
     if stages.is_adapter(stage):
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, stages.folder(project, stage))
+        model = models.load_adapter(model, stages.folder(project, stage))
     tokenizer = models.load_tokenizer(path)
     model.to("cuda" if models.use_cuda() else "cpu").eval()
     return model, tokenizer

@@ -29,11 +29,31 @@ def model_digest(folder):
 
 
 def stage_digest(project, name):
-    """A finished stage's identity as later steps see it (None when it is not finished): its
-    manifest (prepared data) or metrics.json (a trained stage), both written last."""
+    """A finished stage's identity as later steps see it (None when it is not finished): what the
+    stage is, never where or how it was made. Its recorded identity (identity settings and input
+    digests: no project folder, no --overwrite, no --config path) and its content (the digests of
+    its shards or weights, recorded when it was written), read from its manifest.json (prepared
+    data) or metrics.json (a trained stage), both written last. Re-preparing or retraining with the
+    same inputs and settings into byte-identical files, here or in a moved project, keeps it."""
     step = stages.stage(name)
-    marker = step.folder(project) / ("manifest.json" if step.kind == "prepare" else "metrics.json")
-    return _sha(marker.read_bytes()) if marker.exists() else None
+    try:
+        record = prepared.read_manifest(step.folder(project)) if step.kind == "prepare" else read_metrics(project, name)
+    except (StageError, ValueError):
+        return None  # damaged: not finished, so whatever was made from it is stale
+    if record is None:
+        return None
+    content = record.get("shards") if step.kind == "prepare" else record.get("weights")
+    if content is None:  # written before content digests were recorded: its counts (prepared) or steps
+        content = record.get("counts") if step.kind == "prepare" else record.get("step_end_times")
+    return _sha(json.dumps([record.get("identity"), content], sort_keys=True, ensure_ascii=False).encode())
+
+
+def weights_digests(folder):
+    """{relative path: digest} of every safetensors file under a stage folder (its model, adapter or
+    merged/; not its checkpoints): the content part of a trained stage's identity."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): prepared.file_digest(p) for p in sorted(folder.rglob("*.safetensors"))
+            if not any(part.startswith(("checkpoint-", ".")) for part in p.relative_to(folder).parts)}
 
 
 def identity(settings, inputs):
@@ -135,9 +155,19 @@ class StageLock:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The lock appears with its content or not at all (written beside it, then hard-linked into
+        # place, which fails if it exists): a lock seen empty would be taken for a dead run's.
+        claim = self.path.with_name(f"{self.path.name}.{os.getpid()}")
+        claim.write_text(f"{os.getpid()} {process_start(os.getpid()) or ''}".strip())
+        try:
+            return self._take(claim)
+        finally:
+            claim.unlink(missing_ok=True)
+
+    def _take(self, claim):
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.link(claim, self.path)
             except FileExistsError:
                 pid, started = self._holder()
                 if pid is not None and pid != os.getpid() and pid_alive(pid) and started in (None, process_start(pid)):
@@ -147,8 +177,6 @@ class StageLock:
                                      f"is left over: remove {self.path}") from None
                 self.path.unlink(missing_ok=True)  # a dead run's lock (or its pid, now another process's)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()} {process_start(os.getpid()) or ''}".strip())
             return self
         raise StageError(f"could not take the lock {self.path}: remove it if no step {self.name} is running")
 

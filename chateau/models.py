@@ -19,9 +19,36 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 DOWNLOAD_HINT = "download it with notebook.ipynb (section 1)"
 
 
+# Where the steps compute: "cuda" (the default: a train step without a visible GPU refuses, it never
+# falls back to the CPU by itself) or "cpu", asked for on purpose with --device cpu or KAFKA_DEVICE=cpu
+# (the tiny and real-cpu profiles, the demo, the tests and CI ask for it).
+DEVICES = ("cuda", "cpu")
+DEVICE_HELP = "cuda | cpu: where to compute (default: $KAFKA_DEVICE, else cuda; never the CPU unless asked)"
+_chosen = {"device": None}  # set by set_up_device for this process
+
+
+def requested_device(value=""):
+    """The device asked for: --device, else $KAFKA_DEVICE, else "cuda"."""
+    return value or os.environ.get("KAFKA_DEVICE", "") or "cuda"
+
+
+def cpu_requested(value=""):
+    return requested_device(value) == "cpu"
+
+
+def device_problems(value=""):
+    """A --device (or $KAFKA_DEVICE) that is neither cuda nor cpu, as a settings problem."""
+    chosen = requested_device(value)
+    if chosen in DEVICES:
+        return []
+    where = f"--device {value}" if value else f"KAFKA_DEVICE={chosen}"
+    return [f"{where} must be cuda or cpu"]
+
+
 def use_cuda():
+    """Whether this process computes on the GPU: one is visible and the CPU was not asked for."""
     import torch
-    return torch.cuda.is_available()
+    return _chosen["device"] != "cpu" and not cpu_requested() and torch.cuda.is_available()
 
 
 def compute_dtype():
@@ -56,22 +83,68 @@ def driver_problem():
         return None
     return (f"the NVIDIA driver {driver} is too old for this PyTorch (CUDA {torch.version.cuda}): driver {needed} or "
             f"newer is needed. Update the driver, or build the image for CUDA 12 "
-            f"(docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 -t kafka .)")
+            f"(docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu129 -t kafka .)")
 
 
-def set_up_device():
-    """The opening of every GPU step: refuse a GPU the driver cannot serve (one line, not a CUDA
-    traceback); on CPU, say so once and turn torch.compile off for this process (torchao's
-    optimizer step compiles itself; compiling costs ~20 s per tensor shape on CPU, and eager mode
-    computes the same)."""
-    problem = driver_problem()
-    if problem:
-        raise StageError(problem)
-    if not use_cuda():
+def no_gpu_message():
+    import torch
+    build = f"this PyTorch is a CPU-only build (torch {torch.__version__})" if torch.version.cuda is None else \
+        f"PyTorch (CUDA {torch.version.cuda}) sees none"
+    return (f"no CUDA GPU is visible to this process ({build}): in Docker, start the container with `--gpus all` "
+            f"(and the NVIDIA Container Toolkit; under WSL2, a Windows driver with WSL support); "
+            f"`python -m chateau.doctor` says what is missing. To train on the CPU on purpose (tiny runs only: the real "
+            f"model would take weeks), pass --device cpu or set KAFKA_DEVICE=cpu")
+
+
+def set_up_device(device="", require_gpu=True):
+    """The opening of every step that computes, before anything is loaded or changed: where it
+    computes ("cuda" or "cpu"). No GPU and no --device cpu: a train step (`require_gpu`) refuses in
+    one line, never falls back to the CPU for weeks; a GPU without bf16 (before Ampere) is refused
+    for training, since every recipe computes in bf16; a GPU the driver cannot serve is one line,
+    not a CUDA traceback. Several GPUs without torchrun: one is used (the Trainer would otherwise
+    wrap the model in DataParallel and change the batch); says which. On CPU, torch.compile is off
+    for this process (torchao's optimizer step compiles itself; eager mode computes the same)."""
+    import torch
+    chosen = requested_device(device)
+    if chosen == "cpu":
+        _chosen["device"] = "cpu"
         # torch.compile's own switch (torch._dynamo.config.disable would make torchao's
         # fullgraph compile raise "found no compiled frames" instead of running eagerly).
         os.environ["TORCHDYNAMO_DISABLE"] = "1"
-        print("warning: no CUDA GPU found: running on CPU (slow; fine for the tiny demo and the tests)", file=sys.stderr)
+        os.environ["KAFKA_DEVICE"] = "cpu"  # what this process's later loads and any worker read
+        print("running on the CPU, as asked (--device cpu or KAFKA_DEVICE=cpu): fine for tiny runs", file=sys.stderr)
+        return "cpu"
+    problem = driver_problem()
+    if problem:
+        raise StageError(problem)
+    if not torch.cuda.is_available():
+        if require_gpu:
+            raise StageError(no_gpu_message())
+        _chosen["device"] = "cpu"
+        os.environ["TORCHDYNAMO_DISABLE"] = "1"
+        print("warning: no CUDA GPU found: running on the CPU (slow; --device cpu says it on purpose)", file=sys.stderr)
+        return "cpu"
+    name, capability = torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
+    if require_gpu and capability < (8, 0):
+        raise StageError(f"{name} (compute capability {capability[0]}.{capability[1]}) has no bfloat16: every recipe "
+                         f"trains in bf16 (weights, 4-bit compute, optimizer), and fp16 instead would overflow; an "
+                         f"Ampere card or newer (RTX 30xx, A-series, compute capability 8.0+) is needed to train")
+    count = torch.cuda.device_count()
+    if count > 1 and "WORLD_SIZE" not in os.environ:
+        print(f"{count} GPUs visible: this run uses one, GPU {os.environ.get('LOCAL_RANK', 0)} ({name}); to train on all "
+              f"{count} with the same tokens per step: torchrun --nproc_per_node {count} {Path(sys.argv[0]).name}",
+              file=sys.stderr)
+    _chosen["device"] = "cuda"
+    return "cuda"
+
+
+def one_gpu_per_process(args):
+    """TrainingArguments that use one GPU per process: without torchrun the Trainer would wrap the
+    model in DataParallel over every visible GPU (and multiply the batch); under torchrun DDP
+    already gives each process one."""
+    if args.n_gpu > 1:
+        args._n_gpu = 1  # transformers' own switch (Trainer does the same for model parallelism)
+    return args
 
 
 def require(path, what, fix):
@@ -211,6 +284,22 @@ def load_model_4bit(model_dir, attn_implementation="sdpa"):
             if isinstance(module, bnb.nn.Linear4bit):
                 module.support_avx512bf16_for_cpu = False
     return model
+
+
+def load_adapter(model, adapter_dir, trainable=False):
+    """A LoRA adapter (peft's folder) applied on `model`: safetensors only, checked before peft
+    reads it (peft would unpickle an adapter_model.bin; a pickle can run code when loaded).
+    `trainable`: peft's default loads an adapter frozen, and a continued adapter would learn nothing."""
+    from peft import PeftModel
+    adapter_dir = Path(adapter_dir)
+    pickled = sorted(p.name for pattern in ("adapter_model.bin", *PICKLED_WEIGHTS) for p in adapter_dir.glob(pattern))
+    if pickled:
+        raise StageError(f"{adapter_dir / pickled[0]} is a pickle where an adapter is expected: only safetensors "
+                         f"adapters are accepted (convert it to adapter_model.safetensors, or retrain that stage)")
+    if not (adapter_dir / "adapter_model.safetensors").exists() or not (adapter_dir / "adapter_config.json").exists():
+        raise StageError(f"{adapter_dir} holds no adapter (adapter_config.json + adapter_model.safetensors): "
+                         f"rerun the step that writes it")
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
 
 
 def tensor_digest(state_dict):

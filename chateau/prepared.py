@@ -129,7 +129,8 @@ class PreparedWriter:
         for extra in self.staging.glob("*.txt"):
             extra.rename(final / extra.name)
         save_settings(settings, final / "settings.json")
-        manifest = {**manifest, "settings": dataclasses.asdict(settings), "versions": models.versions()}
+        manifest = {**manifest, "shards": shard_records(final), "settings": dataclasses.asdict(settings),
+                    "versions": models.versions()}
         (final / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         _swap_in(final, self.out_dir)
         shutil.rmtree(self.staging)
@@ -152,6 +153,27 @@ def _swap_in(staging, out_dir):
         Path(staging).rename(out_dir)
 
 
+def shard_records(folder):
+    """{"train/data-00000-of-00001.arrow": {"bytes": n, "digest": d}, ...}: the content of prepared
+    data as its manifest records it (what later steps see of it, and what a load checks first)."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "digest": file_digest(p)}
+            for p in sorted(folder.rglob("*.arrow"))}
+
+
+def check_shards(out_dir, manifest, script):
+    """Every shard the manifest records is there, whole and unchanged (a copy cut short, a file
+    replaced): one line naming the shard and the fix, before anything reads it."""
+    for name, record in (manifest.get("shards") or {}).items():
+        path = Path(out_dir) / name
+        size = path.stat().st_size if path.exists() else None
+        if size != record["bytes"] or file_digest(path) != record["digest"]:
+            found = "missing" if size is None else f"{size:,} bytes where {record['bytes']:,} were written" \
+                if size != record["bytes"] else "changed since it was written"
+            raise StageError(f"the prepared shard {path} is damaged ({found}): prepare it again with "
+                             f"`python {script} --overwrite`")
+
+
 def load_prepared(project, stage, tokenizer=None, max_positions=None):
     """The DatasetDict prepared by step `stage` ("1a", "1b", "1c"), checked against the model."""
     from datasets import load_from_disk
@@ -163,6 +185,7 @@ def load_prepared(project, stage, tokenizer=None, max_positions=None):
     if tokenizer is not None and tokenizer_of(manifest) != models.tokenizer_fingerprint(tokenizer):
         raise StageError(f"{out_dir} was tokenized with another tokenizer than the model's: "
                          f"rerun `python {step.script} --overwrite`")
+    check_shards(out_dir, manifest, step.script)
     seq_len = manifest["settings"]["seq_len"]
     if max_positions is not None and seq_len > max_positions:
         raise StageError(f"{out_dir} has {seq_len}-token samples but the model's context is "

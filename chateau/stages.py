@@ -111,6 +111,26 @@ def script_of(name):
     return STAGES[name].script
 
 
+ROOT = Path(__file__).resolve().parents[1]  # the numbered scripts' folder (the container's /app)
+_modules = {}
+
+
+def script_module(script):
+    """A numbered script imported as a module (its name starts with a digit: not importable by name)."""
+    import importlib.util
+    if script not in _modules:
+        spec = importlib.util.spec_from_file_location(f"step_{Path(script).stem}", ROOT / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _modules[script] = module
+    return _modules[script]
+
+
+def settings_class(name):
+    """The Settings dataclass of stage `name`'s script: its defaults are the stage's defaults."""
+    return script_module(STAGES[name].script).Settings
+
+
 def stage_of_script(script):
     """The stage a numbered script makes ("2a_train_gallica_fullweight.py" -> "2a")."""
     return next(s.name for s in TABLE if s.script == Path(script).name)

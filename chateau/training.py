@@ -21,7 +21,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from chateau import generation, lineage, models, prepared, stages
-from chateau.cli import (Interrupted, StageError, group, is_main_process, positive, project_dir, rank, save_settings, say,
+from chateau.cli import (Interrupted, StageError, group, is_disk_full, is_main_process, positive, project_dir, rank, save_settings, say,
                          setting, write_atomic)
 
 
@@ -29,6 +29,7 @@ from chateau.cli import (Interrupted, StageError, group, is_main_process, positi
 class TrainSettings:
     """Fields every train step has. Each step's own dataclass sets the curriculum's defaults."""
     project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)", identity=False)
+    device: str = setting("", models.DEVICE_HELP, identity=False)
     max_steps: int = setting(-1, "optimizer steps; -1 = one pass over the training data")
     # What the curriculum fixes is the tokens per optimizer step; how they are reached (samples
     # per GPU, number of GPUs, accumulation) is execution: accumulation = tokens per step /
@@ -61,6 +62,7 @@ class TrainSettings:
         out = positive(self, "batch_size", "tokens_per_step", "lr", "eval_steps", "save_steps", "logging_steps",
                        "max_eval_samples", "save_total_limit", "max_grad_norm")
         out += positive(self, "max_steps", allow=(-1,)) + self.sample.problems(prefix="sample-")
+        out += models.device_problems(self.device)
         out += [f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})"
                 for name in ("warmup_steps", "weight_decay", "seed", "sample_steps") if getattr(self, name) < 0]
         if not math.isfinite(self.lr) or self.lr > 1:
@@ -112,6 +114,52 @@ def is_complete_checkpoint(path):
     except (OSError, ValueError):
         return False
     return state.get("global_step") == int(Path(path).name.rsplit("-", 1)[-1])
+
+
+def refused_pickle(checkpoint):
+    """The file of `checkpoint` that torch's weights-only loader refuses (optimizer.pt,
+    scheduler.pt, rng_state.pth...), looked for only once a resume has failed on one."""
+    from transformers.trainer_pt_utils import safe_globals  # the numpy types the Trainer allows for rng_state.pth
+    for path in sorted(Path(checkpoint).glob("*.pt*")):
+        try:
+            with safe_globals():
+                torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            return path
+        except Exception:  # noqa: BLE001 - another kind of damage: not the file looked for
+            continue
+    return checkpoint
+
+
+def out_of_memory_error(settings, output_dir, seq_len, during):
+    """The one line for CUDA out of memory: the batch size that halves it, and where the rerun resumes."""
+    last = latest_checkpoint(output_dir)
+    return StageError(
+        f"CUDA out of memory at --batch-size {settings.batch_size} with {seq_len}-token samples ({during}): rerun "
+        f"the same command with --batch-size {max(1, settings.batch_size // 2)} (the tokens per step stay "
+        f"{settings.tokens_per_step}: accumulation doubles); it resumes from {last or 'the start (no checkpoint yet)'}")
+
+
+def disk_full_error(stage, output_dir, model, what="checkpoint"):
+    """The one line for a disk that filled up while a checkpoint was written: where, how much a
+    checkpoint needs, how much is free; the incomplete checkpoint is removed (it would hold the
+    space the user needs) and the rerun resumes from the last complete one."""
+    for partial in Path(output_dir).glob("checkpoint-*"):
+        if not is_complete_checkpoint(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+    if what != "checkpoint":  # the unfinished stage's own model files, cut short (no metrics.json: not finished)
+        for partial in [*Path(output_dir).glob("*.safetensors"), Path(output_dir) / ".merged.partial"]:
+            shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+    complete = latest_checkpoint(output_dir)
+    if complete:
+        needed = sum(f.stat().st_size for f in Path(complete).rglob("*") if f.is_file())
+    else:  # the trained weights, and the optimizer's two moments (at most twice as many bytes again)
+        needed = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    free = shutil.disk_usage(output_dir).free
+    return StageError(f"disk full: {stage} could not write its {what} in {output_dir} (a checkpoint needs "
+                      f"~{needed / 2**30:.2f} GiB, {free / 2**30:.2f} GiB free there; the incomplete one was removed): "
+                      f"free some disk space (or keep fewer checkpoints: --save-total-limit 1), then rerun the same "
+                      f"command: it resumes from {complete or 'the start (no complete checkpoint yet)'}")
 
 
 def checkpoint_step(path):
@@ -222,7 +270,7 @@ class StepClock(TrainerCallback):
         self.times = []
 
     def on_step_end(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
+        if models.use_cuda():
             torch.cuda.synchronize()  # the step's kernels are done, not just queued
         self.times.append(time.perf_counter())
 
@@ -303,7 +351,7 @@ def validation_loss(model, dataset, batch_size=4):
 
 
 def peak_memory_gib():
-    if torch.cuda.is_available():
+    if models.use_cuda():
         return round(torch.cuda.max_memory_reserved() / 2**30, 2)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # CPU: peak RSS (KiB -> GiB)
 
@@ -342,8 +390,8 @@ def training_arguments(settings, output_dir, evaluate_first, grad_accum, optim="
     """The Trainer's arguments from a step's settings: cosine to 10% of the peak after warm-up,
     bf16 and fused kernels on GPU, checkpoints every --save-steps. TensorBoard is the callback
     fit() adds with its own writer (report_to none: no logging folder through the environment)."""
-    cuda = torch.cuda.is_available()
-    return TrainingArguments(
+    cuda = models.use_cuda()
+    return models.one_gpu_per_process(TrainingArguments(
         output_dir=str(output_dir), max_steps=settings.max_steps, num_train_epochs=1,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=grad_accum, learning_rate=settings.lr,
@@ -356,7 +404,7 @@ def training_arguments(settings, output_dir, evaluate_first, grad_accum, optim="
         report_to="none", seed=settings.seed, data_seed=settings.seed, eval_on_start=evaluate_first,
         ddp_find_unused_parameters=False, dataloader_num_workers=0,
         torch_compile=settings.torch_compile and cuda, use_liger_kernel=settings.liger_kernel,
-    )
+    ))
 
 
 def forget_earlier_runs(run, log_dir, start_file):
@@ -437,21 +485,15 @@ def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizer
             else:
                 trainer.train(resume_from_checkpoint=resume)
         except torch.OutOfMemoryError:
-            last = latest_checkpoint(output_dir)
-            raise StageError(
-                f"CUDA out of memory at --batch-size {settings.batch_size} with {seq_len}-token samples: rerun the same "
-                f"command with --batch-size {max(1, settings.batch_size // 2)} (the tokens per step stay "
-                f"{tokens_per_step}: accumulation doubles); it resumes from {last or 'the start (no checkpoint yet)'}") from None
+            raise out_of_memory_error(settings, output_dir, seq_len, "training") from None
         except pickle.UnpicklingError as error:
-            raise StageError(f"{resume} holds a pickle that torch's weights-only loader refuses "
+            raise StageError(f"{refused_pickle(resume)} holds a pickle that torch's weights-only loader refuses "
                              f"({str(error).splitlines()[0][:120]}): nothing else than plain tensors is ever loaded; "
                              f"delete {resume} (the rerun resumes from the checkpoint before it) or pass --resume never") from None
         except Exception as error:  # noqa: BLE001 - re-raised unless it is one of the two cases below
             text = str(error)
-            if "No space left" in text or "file write failed" in text:
-                raise StageError(f"the disk filled up while {stage} was writing a checkpoint ({text.splitlines()[0][:100]}): "
-                                 f"free some disk space, then rerun the same command (the incomplete checkpoint is never "
-                                 f"taken for complete)") from None
+            if is_disk_full(error):
+                raise disk_full_error(stage, output_dir, model) from None
             if resume and not clock.times:
                 raise StageError(f"the checkpoint {resume} cannot be read ({text.splitlines()[0][:120]}): it is damaged; "
                                  f"delete it (the rerun resumes from the one before) or pass --resume never") from None
@@ -470,7 +512,14 @@ def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizer
                                             f"without --overwrite to resume.")
     extra_metrics = {**(extra_metrics or {}), "tokens_per_step": tokens_per_step, "grad_accum": grad_accum,
                      "step_end_times": [round(t, 4) for t in clock.times]}
-    metrics = finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra_metrics, before_finish)
+    try:
+        metrics = finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra_metrics, before_finish)
+    except torch.OutOfMemoryError:  # the final validation (its batch is --batch-size too)
+        raise out_of_memory_error(settings, output_dir, seq_len, "the final validation") from None
+    except Exception as error:  # noqa: BLE001 - re-raised unless the disk is full
+        if is_disk_full(error):
+            raise disk_full_error(stage, output_dir, model, "trained model") from None
+        raise
     if writer:
         writer.close()
     primary = f"eval_{next(iter(eval_datasets))}_loss"
@@ -489,7 +538,7 @@ def finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra
     if bad:
         raise StageError(f"{stage}: validation loss is not finite ({', '.join(f'{k}={v}' for k, v in bad.items())}): "
                          f"the stage is not finished; check the prepared data (--seq-len) and lower --lr")
-    cuda = torch.cuda.is_available()
+    cuda = models.use_cuda()
     metrics = {
         "stage": stage, "validation_loss_start": start,
         "validation_loss_end": {k: v for k, v in end.items() if k.endswith("_loss")},
@@ -506,6 +555,7 @@ def finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra
         if before_finish is not None:
             metrics.update(before_finish(trainer, metrics) or {})
         save_settings(settings, output_dir / "settings.json")
+        metrics["weights"] = lineage.weights_digests(output_dir)  # what the stage is, for the steps after it
         write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if settings.record_batches:  # each rank's final weights: DDP ranks must agree
         trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -526,7 +576,8 @@ def stage_run(settings, stage, inputs):
 
 
 def begin(settings):
-    """The opening of every train step: the device set up, the seed; returns the project folder."""
-    models.set_up_device()
+    """The opening of every train step: the device set up (a GPU, or the CPU asked for), the seed;
+    returns the project folder."""
+    models.set_up_device(settings.device)
     torch.manual_seed(settings.seed)
     return project_dir(settings.project_dir)

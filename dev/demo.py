@@ -9,6 +9,7 @@ stage's validation loss before and after, a generated sample, then the continuat
 (3_continue_kafka.py) and the scoreboard.
 """
 import json
+import os
 import shutil
 import sys
 import time
@@ -20,6 +21,7 @@ from dev.runner import ScriptFailed, run_script, scoreboard_settings
 
 
 def main():
+    os.environ.setdefault("KAFKA_DEVICE", "cpu")  # on purpose, for every step and the scoreboard, GPU or not
     project = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/kafka-demo")
     shutil.rmtree(project, ignore_errors=True)
     began = time.time()

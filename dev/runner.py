@@ -26,17 +26,10 @@ def scoreboard_settings(name, *flags):
     return cli.parse_settings(scoreboard.Settings, profile(name, "scoreboard") + [str(f) for f in flags])
 
 
-_modules = {}
-
-
 def script_module(script):
-    """A numbered script imported as a module (its name starts with a digit: not importable by name)."""
-    if script not in _modules:
-        spec = importlib.util.spec_from_file_location(f"step_{Path(script).stem}", ROOT / script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _modules[script] = module
-    return _modules[script]
+    """A numbered script imported as a module (chateau.stages.script_module)."""
+    from chateau import stages
+    return stages.script_module(script)
 
 
 def call_script(project, script, *flags, check=True):

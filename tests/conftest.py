@@ -7,6 +7,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # a hub id would hang ~23 s before failing
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_home_"))  # datasets caches parquet there
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["KAFKA_DEVICE"] = "cpu"  # the CPU on purpose: a step never falls back to it by itself
 
 from chateau import stages  # noqa: E402
 from dev import fixtures  # noqa: E402

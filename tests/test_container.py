@@ -92,10 +92,13 @@ def test_a_driver_too_old_for_the_cuda_build_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(models, "nvidia_driver_version", lambda: "535.104.05")
     with pytest.raises(StageError) as error:
-        models.set_up_device()
-    assert "535.104.05" in error.value.message and "580" in error.value.message and "cu126" in error.value.message
-    monkeypatch.setattr(models, "nvidia_driver_version", lambda: None)  # no NVIDIA GPU at all: a CPU run
-    models.set_up_device()
+        models.set_up_device("cuda")
+    assert "535.104.05" in error.value.message and "580" in error.value.message and "cu129" in error.value.message
+    monkeypatch.setattr(models, "nvidia_driver_version", lambda: None)  # no NVIDIA GPU at all: the CPU, if asked for
+    with pytest.raises(StageError) as error:
+        models.set_up_device("cuda")
+    assert "no CUDA GPU is visible" in error.value.message
+    assert models.set_up_device("cpu") == "cpu"
 
 
 def test_docker_stop_lets_the_running_step_save_its_checkpoint(tmp_path):

@@ -3,8 +3,11 @@ settings, tried as a careless or unlucky user would (issue cases 1-7), and one c
 every kind of bad input."""
 import hashlib
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 import torch
@@ -94,26 +97,32 @@ def test_settings_the_trainer_would_reject_later_are_problems_now(flags, expecte
 
 def test_two_prepare_runs_at_once_one_refuses_the_other_completes(fresh_project):
     project, _ = fresh_project
-    # A corpus big enough that the winner still holds the lock when the other one asks for it.
-    shutil.rmtree(project / stages.GALLICA_DIR)
-    fixtures.build_gallica(project / stages.GALLICA_DIR, n_files=6, books_per_file=24, pages=12)
-    flags = ["--n-samples", "400", "--seq-len", "64", "--max-samples-per-book", "40", "--validation-samples", "20",
+    flags = ["--n-samples", "40", "--seq-len", "64", "--max-samples-per-book", "40", "--validation-samples", "8",
              "--validation-percent", "25", "--min-chars", "500", "--num-proc", "1"]
     out_dir = stages.folder(project, "1a")
-    runs = [start_script(project, "1a_prepare_gallica_fullweight.py", *flags, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-    results = [(run.communicate(timeout=180), run.returncode) for run in runs]
-    codes = sorted(code for _, code in results)
-    assert codes == [0, 2], results
-    refused = next(err for (out, err), code in results if code == 2)
-    assert [l for l in refused.splitlines() if l.startswith("error:")] == [
-        next(l for l in refused.splitlines() if l.startswith("error:"))] and "already running" in refused
+    lock = out_dir.parent / f".{out_dir.name}.lock"
+    # The first run is paused (SIGSTOP) as soon as it holds the lock, so the second always asks
+    # while it is held, however fast the machine; then the first goes on and finishes.
+    first = start_script(project, "1a_prepare_gallica_fullweight.py", *flags, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert lock.exists(), first.communicate()
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        refused = run_script(project, "1a_prepare_gallica_fullweight.py", *flags, check=False)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    (out, err), code = first.communicate(timeout=180), first.returncode
+    assert code == 0, err[-2000:]
+    one_error_line(refused, "already running")
+    assert str(first.pid) in refused.stderr
     from datasets import load_from_disk
     manifest = json.loads((out_dir / "manifest.json").read_text())
     data = load_from_disk(str(out_dir))
-    assert len(data["train"]) == manifest["counts"]["train_samples"] == 400
-    assert len(data["validation"]) == manifest["counts"]["validation_samples"] == 20
-    lock = out_dir.parent / f".{out_dir.name}.lock"
+    assert len(data["train"]) == manifest["counts"]["train_samples"] == 40
+    assert len(data["validation"]) == manifest["counts"]["validation_samples"] == 8
     assert not lock.exists() and not list(out_dir.parent.glob(".*.partial-*"))
 
 

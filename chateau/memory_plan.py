@@ -1,0 +1,337 @@
+"""What each stage needs: GPU memory (a train step's peak, per GPU) and disk (what a stage writes),
+estimated from the model's shape (the base model's config.json, else TinyLlama_v1.1's) and the
+stage's recipe and settings. The one place these numbers are computed: the doctor
+(`python -m chateau.doctor`) compares them with the machine. Estimates from the arithmetic below,
+not measurements: `python -m bench.train_bench` measures the peaks on a GPU.
+
+The defaults are the numbered scripts' own Settings (`stage_defaults`): importing a train script
+imports transformers' Trainer (a few seconds), which the container's start pays in the background.
+
+Where the memory goes (per GPU, bytes per parameter P or per element):
+  full weights (2a, 2d; chateau/fullweight.py): bf16 weights 2 + bf16 gradients 2 + torchao's
+    8-bit AdamW 2 (two 8-bit moments, an fp32 scale per 256 values) per parameter; the residual
+    stream in bf16.
+  QLoRA (2b, 2c; chateau/qlora.py): NF4 matrices ~0.52 B (4 bits + double-quantized block
+    scales); embeddings, LM head and norms in fp32 (prepare_model_for_kbit_training upcasts them);
+    LoRA factors 16 B each (fp32 weight, gradient, AdamW's two fp32 moments). The upcast fp32 norms
+    turn the whole residual stream fp32 (x fp32-weight = fp32; bitsandbytes casts each 4-bit
+    layer's output back to its input's dtype), so the checkpointed layer inputs and the recomputed
+    layer are fp32.
+  Activations, with gradient checkpointing: every layer's input (L x B x T x hidden), then the
+    largest of three moments that never overlap: the loss's backward (12 B per logit: the fp32
+    log-probabilities cross-entropy keeps, and the two fp32 gradients of its backward; the bf16
+    logits and their fp32 copies of the forward are gone by then), one layer recomputed (its saved
+    tensors, the gradients of its widest ones, and for LoRA each projection's dropout copy of its
+    input with the mask), and the 8-bit optimizer's step (fp32 buffers of its largest parameter).
+  A merged stage (2c) then merges: the trainer (4-bit model, LoRA, optimizer state) still
+    resident, the base's full weights (bf16) loaded beside it, and the merged model's validation
+    loss measured at training.validation_loss's batch (10 B per logit: bf16 logits, the fp32 upcast
+    and the log-probabilities, no gradients).
+  + ~0.5 GiB of CUDA context per process (outside PyTorch's allocator).
+"""
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chateau import stages
+
+GIB = 2 ** 30
+
+# TinyLlama_v1.1's config.json (the fields the estimates read): the shape when the base model is
+# not downloaded yet.
+TINYLLAMA_V1_1 = dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                      intermediate_size=5632, vocab_size=32000, tie_word_embeddings=False, max_position_embeddings=2048)
+
+CUDA_CONTEXT_GIB = 0.5  # the CUDA context and cuBLAS workspace of one process, outside the allocator
+
+# (weights, gradients, optimizer state) in bytes per parameter for the full-weight optimizers
+# (chateau/fullweight.py's OPTIMIZERS); the weights' dtype follows the optimizer there.
+_8BIT_STATE = 2 * (1 + 4 / 256)  # two 8-bit moments + an fp32 scale per block of 256 (torchao; bitsandbytes alike)
+FULL_WEIGHT_BYTES = {
+    "adamw8bit_sr": {"cuda": (2, 2, _8BIT_STATE), "cpu": (4, 4, _8BIT_STATE)},  # bf16 on GPU, fp32 on CPU
+    "paged_adamw_8bit": {"cuda": (4, 4, _8BIT_STATE), "cpu": (4, 4, _8BIT_STATE)},
+    "adamw_torch": {"cuda": (4, 4, 8), "cpu": (4, 4, 8)},
+}
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4 bits; an 8-bit absmax per 64 values, an fp32 scale per 256 absmaxes
+LORA_BYTES = 4 + 4 + 8                      # fp32 factor + gradient + AdamW's two fp32 moments (the Trainer's adamw_torch)
+LOSS_BYTES_PER_LOGIT = 12                   # training: fp32 log-probabilities + the two fp32 gradients of their backward
+EVAL_BYTES_PER_LOGIT = 10                   # no gradients: bf16 logits + the fp32 upcast + the log-probabilities
+DROPOUT_BYTES = 4 + 1                       # LoRA dropout: an fp32 copy of the input + its bool mask
+
+# Disk, bytes per parameter: a checkpoint's optimizer state is the state above; GGUF files as
+# step 4 writes them (f16; q8_0: 32 int8 + one f16 scale per block; llama.cpp's q4_k_m: ~4.85 bits).
+GGUF_BYTES = {"f16": 2, "bf16": 2, "f32": 4, "q8_0": 34 / 32, "q4_k_m": 4.85 / 8, "q5_k_m": 5.7 / 8, "q6_k": 6.56 / 8}
+# The novel's length in tokens before 1c has tokenized it (Le Château in French, Llama's tokenizer:
+# ~200k; 2c's settings say so too): only 1c's few MB of windows depend on it.
+NOVEL_TOKENS = 250_000
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A Llama-architecture model's dimensions."""
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    tied: bool = False
+    head_dim: int = 0
+    source: str = "TinyLlama_v1.1's shape"
+
+    @classmethod
+    def from_config(cls, config, source="config.json"):
+        heads = config["num_attention_heads"]
+        return cls(hidden=config["hidden_size"], layers=config["num_hidden_layers"], heads=heads,
+                   kv_heads=config.get("num_key_value_heads") or heads, intermediate=config["intermediate_size"],
+                   vocab=config["vocab_size"], tied=bool(config.get("tie_word_embeddings", False)),
+                   head_dim=config.get("head_dim") or config["hidden_size"] // heads, source=source)
+
+    def matrices(self):
+        """{projection: (in, out)} of one layer: what the 4-bit base quantizes and LoRA targets."""
+        h, i, q, kv = self.hidden, self.intermediate, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def matrix_params(self):
+        return self.layers * sum(a * b for a, b in self.matrices().values())
+
+    @property
+    def embedding_params(self):
+        """The token embedding and the LM head (one matrix when tied)."""
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def norm_params(self):
+        return (2 * self.layers + 1) * self.hidden
+
+    @property
+    def params(self):
+        return self.matrix_params + self.embedding_params + self.norm_params
+
+    def lora_params(self, r, targets):
+        return self.layers * sum(r * (a + b) for name, (a, b) in self.matrices().items() if name in targets)
+
+    def layer_activations(self, tokens, lora_targets=()):
+        """Elements one decoder layer keeps for its backward per micro-step of `tokens` (B x T):
+        its two norms' outputs and inputs, q/k/v, the attention output, and the MLP's gate, up,
+        activation and product (SDPA's fused attention keeps no T x T matrix)."""
+        kv = self.kv_heads * self.head_dim
+        return tokens * (4 * self.hidden + 2 * kv + 4 * self.intermediate)
+
+    def lora_inputs(self, targets):
+        """Widths of the inputs LoRA's dropout copies in one layer (one copy per targeted projection)."""
+        return sum(a for name, (a, b) in self.matrices().items() if name in targets)
+
+
+TINYLLAMA_SHAPE = Shape.from_config(TINYLLAMA_V1_1, source="TinyLlama_v1.1's shape (no base model here yet)")
+
+
+def model_shape(project, base_model=None):
+    """The base model's shape from its config.json (every later model shares it), else TinyLlama_v1.1's."""
+    base = stages.base_model_dir(project, base_model or stages.BASE_MODEL)
+    try:
+        return Shape.from_config(json.loads((base / "config.json").read_text()), source=str(base / "config.json"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return TINYLLAMA_SHAPE
+
+
+def stage_defaults(name):
+    """{setting: default} of stage `name`'s numbered script (its Settings dataclass, groups as dicts)."""
+    return dataclasses.asdict(stages.settings_class(name)())
+
+
+def lora_targets():
+    from chateau.qlora import LORA_TARGETS
+    return LORA_TARGETS
+
+
+def validation_batch():
+    """The batch of training.validation_loss (the merge's check)."""
+    from chateau import training
+    return inspect.signature(training.validation_loss).parameters["batch_size"].default
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+def sample_tokens(project, name, settings=None):
+    """Tokens per training sample of train stage `name`: its prepared data's seq_len (the prepare
+    step's default until it has run), cut to --sample-tokens where the recipe cuts (2d)."""
+    from chateau import prepared
+    settings = settings or stage_defaults(name)
+    data = stages.stage(name).data
+    try:
+        manifest = prepared.read_manifest(stages.folder(project, data))
+    except ValueError:
+        manifest = None
+    seq_len = (manifest or {}).get("settings", {}).get("seq_len") or stage_defaults(data)["seq_len"]
+    cut = settings.get("sample_tokens", 0)
+    return cut if 0 < cut <= seq_len else seq_len
+
+
+@dataclass
+class Need:
+    """A stage's estimated peak (GiB) with its parts, and how it was reckoned (`setup`)."""
+    stage: str
+    setup: str
+    parts: dict = field(default_factory=dict)   # {what: GiB}, the peak is their sum
+    overhead_gib: float = 0.0                   # CUDA context (GPU) or nothing (CPU)
+
+    @property
+    def gib(self):
+        return sum(self.parts.values()) + self.overhead_gib
+
+
+def train_memory(name, shape, tokens, settings=None, device="cuda", batch_size=None):
+    """The peak memory of train stage `name` on one GPU (`device` "cuda") or in RAM ("cpu") at
+    `settings` (default: the script's defaults) with `tokens`-token samples, as a Need."""
+    settings = settings or stage_defaults(name)
+    step = stages.stage(name)
+    batch = batch_size or settings["batch_size"]
+    micro = batch * tokens  # tokens per micro-step
+    checkpointing = settings.get("gradient_checkpointing", True)
+    parts = {}
+    if step.recipe == "fullweight":
+        weight, grad, state = FULL_WEIGHT_BYTES[settings.get("optimizer", "adamw8bit_sr")][device]
+        act = weight  # the residual stream has the weights' dtype
+        parts["weights"] = shape.params * weight / GIB
+        parts["gradients"] = shape.params * grad / GIB
+        parts["optimizer state"] = shape.params * state / GIB
+        # The 8-bit optimizer's step computes each parameter's update in fp32 (torchao's single_param_adam):
+        # compiled on GPU, its fused kernels keep ~2 fp32 buffers of the largest parameter; eager (CPU)
+        # ~6 (the weight, the gradient, both moments, the denominator, the new weight).
+        largest = max(shape.vocab * shape.hidden, max(a * b for a, b in shape.matrices().values()))
+        step_peak = largest * 4 * (2 if device == "cuda" else 6) / GIB
+        layer = (shape.layer_activations(micro) + 2 * micro * shape.intermediate) * act
+    else:
+        targets = lora_targets()
+        act = _qlora_float_bytes(settings, device)  # the residual stream has the (upcast) norms' dtype
+        lora = shape.lora_params(settings["lora_r"], targets)
+        parts["4-bit weights"] = shape.matrix_params * NF4_BYTES / GIB
+        parts[f"embeddings, head, norms ({'fp32' if act == 4 else 'bf16'})"] = \
+            (shape.embedding_params + shape.norm_params) * act / GIB
+        parts["LoRA + its AdamW"] = lora * LORA_BYTES / GIB
+        step_peak = 0.0
+        dropout = shape.lora_inputs(targets) * micro * DROPOUT_BYTES if settings.get("lora_dropout", 0) > 0 else 0
+        dequantized = max(a * b for a, b in shape.matrices().values()) * 2  # one 4-bit matrix as bf16, in matmul
+        layer = (shape.layer_activations(micro) + 2 * micro * shape.intermediate) * act + dropout + dequantized
+    loss = micro * shape.vocab * LOSS_BYTES_PER_LOGIT
+    if checkpointing:
+        parts["checkpointed layer inputs"] = shape.layers * micro * shape.hidden * act / GIB
+        activations = max(loss, layer)  # the loss's backward, then one layer at a time: never together
+    else:
+        activations = shape.layers * layer + loss  # every layer's activations are alive at the loss
+    parts["peak of a step (the loss's backward, a recomputed layer or the optimizer step)"] = max(activations / GIB, step_peak)
+    recipe = "full weights" if step.recipe == "fullweight" else f"4-bit base + LoRA r {settings['lora_r']}"
+    need = Need(name, f"{recipe}, batch {batch} x {tokens} tokens", parts,
+                CUDA_CONTEXT_GIB if device == "cuda" else 0.0)
+    if step.produces == stages.MERGED and settings.get("merge", True):
+        merge = merge_memory(name, shape, settings, tokens, device)
+        if merge.gib > need.gib:
+            merge.setup = f"{need.setup}; its merge is the peak"
+            return merge
+    return need
+
+
+def _qlora_float_bytes(settings, device):
+    """Bytes of the QLoRA model's unquantized weights and residual stream: fp32 with --upcast-norms
+    (the default: peft's prepare_model_for_kbit_training), else the compute dtype (bf16 on GPU)."""
+    return 4 if settings.get("upcast_norms", True) or device == "cpu" else 2
+
+
+def merge_memory(name, shape, settings, tokens, device="cuda"):
+    """A merged stage's merge (chateau/qlora.py's merge): the trainer still resident (4-bit model,
+    LoRA and its AdamW), the base's full weights loaded beside it, and the merged model's
+    validation loss at training.validation_loss's batch."""
+    targets = lora_targets()
+    eval_batch = validation_batch()
+    full = 2 if device == "cuda" else 4  # models.load_model: bf16 on GPU, fp32 on CPU
+    parts = {"trainer (4-bit model, LoRA, AdamW)": (shape.matrix_params * NF4_BYTES
+                                                    + (shape.embedding_params + shape.norm_params)
+                                                    * _qlora_float_bytes(settings, device)
+                                                    + shape.lora_params(settings["lora_r"], targets) * (LORA_BYTES - 4)) / GIB,
+             "the base's full weights": shape.params * full / GIB,
+             f"validation logits (batch {eval_batch})": eval_batch * tokens * shape.vocab * EVAL_BYTES_PER_LOGIT / GIB}
+    return Need(name, "its merge", parts, CUDA_CONTEXT_GIB if device == "cuda" else 0.0)
+
+
+def largest_batch(name, shape, tokens, free_gib, settings=None, device="cuda"):
+    """The largest --batch-size below the default that fits `free_gib` and divides the tokens per
+    step (the accumulation is derived from it: training.accumulation), with its Need; or None."""
+    settings = settings or stage_defaults(name)
+    for batch in range(settings["batch_size"] - 1, 0, -1):
+        if settings["tokens_per_step"] % (batch * tokens):
+            continue
+        need = train_memory(name, shape, tokens, settings, device, batch_size=batch)
+        if need.gib <= free_gib:
+            return batch, need
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Disk
+
+@dataclass
+class Disk:
+    """What a stage leaves on disk (`kept_gib`) and its most at any moment while writing (`peak_gib`)."""
+    stage: str
+    kept_gib: float
+    peak_gib: float
+    what: str
+
+
+def stage_disk(name, shape, project=None, device="cuda"):
+    """The disk stage `name` writes at its defaults."""
+    step = stages.stage(name)
+    settings = stage_defaults(name)
+    if step.kind == "prepare":
+        if "n_samples" in settings:
+            rows, seq_len = settings["n_samples"] + settings["validation_samples"], settings["seq_len"]
+            what = f"{rows:,} samples of {seq_len} tokens"
+        else:  # the novel: windows every `stride` tokens
+            rows, seq_len = NOVEL_TOKENS // settings["stride"], settings["seq_len"]
+            what = f"~{rows} windows of {seq_len} tokens"
+        data = rows * seq_len * 4 / GIB  # int32 ids
+        # The writer streams Arrow files into its staging folder, then saves the final shards beside them.
+        return Disk(name, data, 2 * data, f"{what} as int32 ids")
+    if step.kind == "train":
+        keep = settings["save_total_limit"]
+        if step.recipe == "fullweight":
+            weight, _, state = FULL_WEIGHT_BYTES[settings.get("optimizer", "adamw8bit_sr")][device]
+            model = shape.params * weight / GIB
+            checkpoint = model + shape.params * state / GIB
+            what = f"the model ({'bf16' if weight == 2 else 'fp32'}) and {keep} checkpoints with the optimizer state"
+        else:
+            lora = shape.lora_params(settings["lora_r"], lora_targets())
+            model = lora * 4 / GIB
+            checkpoint = model + lora * 8 / GIB  # + AdamW's two fp32 moments
+            what = f"the adapter and {keep} checkpoints"
+            if step.produces == stages.MERGED and settings.get("merge", True):
+                model += shape.params * (2 if device == "cuda" else 4) / GIB
+                what += " and the merged model"
+        # The Trainer writes a new checkpoint before it deletes the oldest one.
+        return Disk(name, model + keep * checkpoint, max((keep + 1) * checkpoint, keep * checkpoint + model), what)
+    if step.kind == "export":
+        kinds = settings["types"].split(",")
+        size = sum(GGUF_BYTES.get(k, 2) for k in kinds) * shape.params / GIB
+        return Disk(name, size, size, f"GGUF files {', '.join(kinds)}")
+    return Disk(name, 0.0, 0.0, "a chapter of text")
+
+
+# ---------------------------------------------------------------------------------------------
+# RAM on the CPU side of a GPU run
+
+def ram_need(shape, verify=True):
+    """RAM the default path needs beside the GPU: step 4's export holds the model in fp32 while it
+    writes a file, and its checks (--verify, the default) the source model and the file read back
+    by transformers, both fp32, beside llama.cpp's f16 copy (chateau/gguf_files.py). The other
+    steps load models straight onto the GPU, and the prepare steps stay near 1.3 GiB
+    (docs/performance.md)."""
+    if verify:
+        return Need("4", "step 4 (two fp32 copies of the model and llama.cpp's f16 file)",
+                    {"the export's checks": shape.params * (4 + 4 + 2) / GIB})
+    return Need("4", "step 4 with --verify false (one fp32 copy)", {"the export": shape.params * 4 / GIB})
