@@ -8,33 +8,43 @@ forgotten (the validation loss on 1a's books shows how much).
     python 2d_train_kafka_fullweight.py --project-dir /tmp/kafka-demo --config profiles/tiny/2d.json   # tiny, CPU
     python 3_continue_kafka.py --stage 2d; python 4_export_gguf.py --stage 2d   # then as with 2c
 
-Reads models/2a_gallica_fullweight and data/1c_kafka (its row of the stage table), cuts each
-2048-token window into four 512-token samples (a full-weight step at 2048 does not fit 12 GB),
-and writes models/2d_kafka_fullweight/ (model + tokenizer, safetensors). Same recipe as 2a
+Reads models/2a_gallica_fullweight and data/1c_kafka (its row of the stage table), rebuilds the
+novel's training text from 1c's overlapping windows and cuts it into 512-token samples (a
+full-weight step at 2048 does not fit 12 GB), trains --epochs passes over it, measures each pass
+(held-out losses, memorization, style: chateau/dial.py) and keeps it in passes/pass-N/ (2.2 GB each
+for TinyLlama in bf16), then publishes the pass the dial picks in models/2d_kafka_fullweight/
+(model + tokenizer, safetensors; `python -m chateau.dial --stage 2d` shows the passes and moves it). Same recipe as 2a
 (chateau/fullweight.py) and the same memory on a 12 GB card: 6.6 GB of bf16 weights, gradients and
 8-bit AdamW states for 1.1B parameters, plus activations at 8 x 512 tokens with checkpointing.
 """
 from dataclasses import dataclass
 
 from chateau import fullweight, stages
-from chateau.cli import parse_settings, project_dir, run, say, setting
+from chateau.dial import DialSettings
+from chateau.cli import group, parse_settings, project_dir, run, say, setting
 
 
 @dataclass
 class Settings(fullweight.FullWeightSettings):
-    # 1c's ~390 windows of 2048 (stride 512) -> ~1,560 samples of 512 (each token ~4 times, as in 2c);
-    # 8 x 2 x 512 = 8,192 tokens per step -> ~100 steps, 2c's count.
-    tokens_per_step: int = setting(8192, "tokens per optimizer step, over all processes (8k: 16 samples of 512)")
+    # The run the project's first public attempt found "clearly more convincing": 512-token samples,
+    # 10 passes of the novel, batch 8, peak lr 3e-5, cosine, 20% warm-up. Each pass is measured and
+    # kept; the dial publishes the pass at the edge of overfitting (chateau/dial.py).
+    epochs: int = setting(10, "passes over the novel's training text: every training token seen once per pass (1c's "
+                              "windows overlap 4 times; the recipe rebuilds the text from them, so a pass is ~200k "
+                              "tokens = ~48 steps of 4,096 for Le Chateau, not a pass over the windows)")
+    tokens_per_step: int = setting(4096, "tokens per optimizer step, over all processes (8 samples of 512)")
     batch_size: int = setting(8, "samples per GPU per micro-step (8 x 512 tokens fits 12 GB, as in 2a)", identity=False)
-    sample_tokens: int = setting(512, "cut the novel's windows into samples of this many tokens (512: fits 12 GB)")
-    # Half 2a's peak: the model already speaks French; a small book at 1e-4 on every weight
-    # forgets more French than it gains of the novel (the 1a validation loss shows it).
-    lr: float = setting(5e-5, "peak learning rate (full weights)")
-    warmup_steps: int = setting(5, "linear warm-up steps (5% of the run)")
+    sample_tokens: int = setting(512, "samples of this many tokens (512: fits 12 GB)")
+    lr: float = setting(3e-5, "peak learning rate (full weights)")
+    warmup_ratio: float = setting(0.2, "linear warm-up over the first 20% of the steps")
     weight_decay: float = setting(0.1, "decoupled weight decay on matrices (TinyLlama's value)")
-    eval_steps: int = setting(10, "validate every N steps", identity=False)
-    save_steps: int = setting(20, "checkpoint every N steps", identity=False)
-    sample_steps: int = setting(25, "generate a sample every N steps (0 = never)", identity=False)
+    eval_steps: int = setting(50, "validate every N steps (the dial also measures every pass)", identity=False)
+    save_steps: int = setting(50, "checkpoint every N steps", identity=False)
+    sample_steps: int = setting(100, "generate a sample every N steps (0 = never)", identity=False)
+    dial: DialSettings = group(DialSettings, "dial", "how each pass is measured, and the rule that picks one", identity=False)
+
+    def problems(self):
+        return super().problems() + self.dial.problems()
 
 
 def main(argv=None):

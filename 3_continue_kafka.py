@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from chateau import generation, lineage, models, stages
+from chateau import dial, generation, lineage, models, stages
 from chateau.cli import StageError, group, parse_settings, positive, project_dir, run, setting
 
 
@@ -34,12 +34,15 @@ class Settings:
     output: str = setting("", "output file, relative to the project folder or absolute (default: output/continuation_<stage>.md)")
     allow_stale: bool = setting(False, "continue with a stage whose inputs changed since it was trained (said in the file's header)")
     device: str = setting("", models.DEVICE_HELP + "; --device cpu writes while a step trains on the GPU")
+    epoch: int = setting(0, "a stage trained in passes (2c, 2d): continue with this pass (0: the one the dial published)")
     # --prompt (default: the end of the novel's clean text), --new-tokens (4000, ~3,000 words: a
     # chapter), --temperature, --top-p, --repetition-penalty, --seed.
     sampling: generation.Sampling = group(chapter_sampling, "", "sampling settings")
 
     def problems(self):
         out = positive(self, "context_tokens", "chunk_tokens") + self.sampling.problems() + models.device_problems(self.device)
+        if self.epoch < 0 or (self.epoch and not dial.is_dialled(self.stage)):
+            out.append(f"--epoch {self.epoch}: only a stage trained in passes has them (2c, 2d); 0 is the published one")
         if self.stage not in stages.MODEL_STAGES:
             out.append(f"--stage must be one of {', '.join(stages.MODEL_STAGES)}")
         if self.sampling.prompt and self.prompt_file:
@@ -77,7 +80,11 @@ def main(argv=None):
     out = output_path(project, settings)
 
     # 1. Model and prompt: by default the novel's last tokens, exactly as step 2c read them.
-    model, tokenizer = generation.load_stage(project, settings.stage, settings.base_model, allow_stale=settings.allow_stale)
+    model, tokenizer = generation.load_stage(project, settings.stage, settings.base_model, allow_stale=settings.allow_stale,
+                                             epoch=settings.epoch)
+    which = "" if settings.stage == "base" else dial.which_pass(project, settings.stage, settings.epoch)
+    if which:
+        print(f"3: continuing with {settings.stage}, {which}", flush=True)
     stale = None if settings.stage == "base" else lineage.stale_reason(project, settings.stage)
     if sampling.prompt or settings.prompt_file:
         prompt = sampling.prompt or Path(settings.prompt_file).read_text(encoding="utf-8")
@@ -101,7 +108,7 @@ def main(argv=None):
     header = "\n".join(f"- {k}: {v}" for k, v in shown.items()) + (f"\n- STALE MODEL (--allow-stale): {stale}" if stale else "")
     partial = out.with_suffix(".md.partial")
     partial.write_text(f"# Le Château, continued ({settings.stage})\n\n{header}\n- model: {stages.model_dir(project, settings.stage, settings.base_model)}\n"
-                       f"- generated tokens: {len(new_ids)}\n- written: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}\n\n"
+                       + (f"- pass: {which}\n" if which else "") + f"- generated tokens: {len(new_ids)}\n- written: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}\n\n"
                        f"---\n\n{text.strip()}\n")
     partial.rename(out)
     print(f"\n\n3 done: {len(new_ids)} tokens written to {out}")

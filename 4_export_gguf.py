@@ -23,7 +23,7 @@ import json
 import shutil
 from dataclasses import dataclass
 
-from chateau import generation, gguf_files, lineage, llama_cpp_check, stages
+from chateau import dial, generation, gguf_files, lineage, llama_cpp_check, models, stages
 from chateau.cli import StageError, is_disk_full, parse_settings, project_dir, run, say, setting, write_atomic
 
 
@@ -38,9 +38,12 @@ class Settings:
     verify: bool = setting(True, "check each file in llama.cpp and transformers against the source model before publishing it")
     overwrite: bool = setting(False, "export again although the files were made from this model already")
     allow_stale: bool = setting(False, "export a stage whose inputs changed since it was trained (recorded in export.json)")
+    epoch: int = setting(0, "a full-weight stage trained in passes (2d): export this pass, into gguf/pass-N/ (0: the published one)")
 
     def problems(self):
         out = []
+        if self.epoch < 0 or (self.epoch and not dial.is_dialled(self.stage)):
+            out.append(f"--epoch {self.epoch}: only a stage trained in passes has them; 0 is the published one")
         if self.stage not in stages.EXPORTABLE:
             out.append(f"--stage must be one of {', '.join(stages.EXPORTABLE)}: stages with full weights (got {self.stage})")
         known = (*gguf_files.EXPORT_TYPES, *llama_cpp_check.LLAMA_TYPES)
@@ -79,6 +82,16 @@ def main(argv=None):
                          f"{stages.stage(settings.stage).hint()}")
     stale = lineage.check_current(project, settings.stage, settings.allow_stale)
     out_dir = stages.export_dir(project, settings.stage)
+    if settings.epoch:  # another pass than the published one: its own folder, never the published export's
+        if stages.stage(settings.stage).produces != stages.FULL_MODEL:
+            raise StageError(f"--epoch: {settings.stage}'s passes are adapters; merge one first by publishing it: "
+                             f"`python -m chateau.dial --stage {settings.stage} --pass-number {settings.epoch}`")
+        source, out_dir = dial.pass_dir(project, settings.stage, settings.epoch), out_dir / f"pass-{settings.epoch}"
+        models.require(source / "config.json", f"pass {settings.epoch} of {settings.stage}",
+                       f"`python -m chateau.dial --stage {settings.stage}` lists its passes")
+    which = dial.which_pass(project, settings.stage, settings.epoch)
+    if which:
+        say(f"4: exporting {settings.stage}, {which}")
     record_path = out_dir / "export.json"
     model_digest = lineage.model_digest(source)
 

@@ -1,6 +1,6 @@
 # The pipeline for one NVIDIA GPU: scripts + JupyterLab (notebook.ipynb) on :8000, data in /project.
 #   docker build -t kafka .
-#   docker run -d --name kafka --gpus all -p 127.0.0.1:8000:8000 -v "$PWD/project:/project" kafka
+#   docker run -d --name kafka --gpus all --shm-size 2g -p 127.0.0.1:8000:8000 -v "$PWD/project:/project" kafka
 #   docker logs kafka        # shows the Jupyter URL with its token (or set -e JUPYTER_TOKEN=...)
 FROM python:3.11-slim
 
@@ -9,12 +9,15 @@ ENV PYTHONUNBUFFERED=1 \
     KAFKA_PROJECT_DIR=/project \
     PYTHONPATH=/app \
     HF_HOME=/project/.cache/huggingface \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+# expandable_segments: PyTorch's allocator grows its segments instead of leaving fragments, which
+# on a 12 GB card is the difference between fitting a batch and a false out-of-memory.
 
 # The pinned torch from PyPI is the CUDA 13 build (CUDA runtime libraries included): it needs an
 # NVIDIA driver of the 580 series or newer. For an older driver, build the same torch version for
-# CUDA 12 from PyTorch's own index:
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 -t kafka .
+# CUDA 12 from PyTorch's own index (cu129: the CUDA 12 build with kernels for the newest cards too):
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu129 -t kafka .
 ARG TORCH_INDEX_URL=
 COPY requirements.txt requirements-llama.txt /app/
 RUN if [ -n "$TORCH_INDEX_URL" ]; then \

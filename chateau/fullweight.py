@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from chateau import lineage, models, stages, training
+from chateau import dial, lineage, models, stages, training
 from chateau.cli import say, setting
 
 OPTIMIZERS = ("adamw8bit_sr", "paged_adamw_8bit", "adamw_torch")
@@ -141,8 +141,12 @@ def train(settings, name):
         train_data, validation = training.load_data(project, step.data, list(step.eval_also), tokenizer,
                                                     model.config.max_position_embeddings, settings.max_eval_samples)
         if settings.sample_tokens:
-            train_data = cut_samples(train_data, settings.sample_tokens)
             validation = {k: cut_samples(v, settings.sample_tokens) for k, v in validation.items()}
+        # The novel in passes (2d): its training text once per pass, each pass measured, the dial's pick published.
+        train_data, measure, then = dial.prepare_run(settings, project, name, train_data, tokenizer, validation,
+                                                     settings.sample_tokens)
+        if settings.sample_tokens and not measure:
+            train_data = cut_samples(train_data, settings.sample_tokens)
 
         # 3. Train.
         optimizers, extra = (None, None), {}
@@ -151,4 +155,4 @@ def train(settings, name):
             extra["optimizer_step"] = prepare_optimizer_step(optimizers[0], compile=models.use_cuda())
         optim = "adamw_torch" if settings.optimizer == "adamw8bit_sr" else settings.optimizer
         return training.fit(settings, run, model, tokenizer, train_data, validation, optimizers=optimizers, optim=optim,
-                            extra_metrics=extra)
+                            extra_metrics=extra, callbacks=measure, before_finish=then)

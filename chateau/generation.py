@@ -40,11 +40,13 @@ class Sampling:
         return out
 
 
-def load_stage(project, stage, base_model=stages.BASE_MODEL, allow_stale=None):
+def load_stage(project, stage, base_model=stages.BASE_MODEL, allow_stale=None, epoch=0):
     """(model, tokenizer) of a stage, at compute precision, ready to generate: what the stage
     table says it produces (a full model; an adapter applied, unmerged, on its base's full model;
-    a merged stage's merged/). Only a finished stage that is not stale is loaded (`allow_stale`:
-    a stale one with a warning)."""
+    a merged stage's merged/), for a stage trained in passes the pass the dial published, or pass
+    `epoch` (an adapter pass applied, unmerged, on its base). Only a finished stage that is not
+    stale is loaded (`allow_stale`: a stale one with a warning)."""
+    from chateau import dial
     if stage not in stages.MODEL_STAGES:
         raise StageError(f"unknown stage {stage!r}: expected one of {', '.join(stages.MODEL_STAGES)}")
     path = stages.model_dir(project, stage, base_model)
@@ -53,10 +55,20 @@ def load_stage(project, stage, base_model=stages.BASE_MODEL, allow_stale=None):
         if not lineage.is_finished(project, stage):
             raise StageError(f"step {stage} is not finished (no metrics.json in {stages.folder(project, stage)}): {hint}")
         lineage.check_current(project, stage, allow_stale=allow_stale)
+    adapter = stages.folder(project, stage) if stages.is_adapter(stage) else None
+    if epoch:
+        chosen = dial.pass_dir(project, stage, epoch)
+        if not (chosen / "config.json").exists() and not (chosen / "adapter_config.json").exists():
+            raise StageError(f"--epoch {epoch}: {stage} has no pass {epoch} ({chosen}); `python -m chateau.dial --stage "
+                             f"{stage}` lists its passes")
+        if (chosen / "adapter_config.json").exists():
+            path, adapter = stages.model_dir(project, stages.stage(stage).base, base_model), chosen
+        else:
+            path = chosen
     models.require(path / "config.json", f"the {stage} model", hint)
     model = models.load_model(path, fix=hint)
-    if stages.is_adapter(stage):
-        model = models.load_adapter(model, stages.folder(project, stage))
+    if adapter is not None:
+        model = models.load_adapter(model, adapter)
     tokenizer = models.load_tokenizer(path)
     model.to("cuda" if models.use_cuda() else "cpu").eval()
     return model, tokenizer

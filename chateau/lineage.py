@@ -49,11 +49,12 @@ def stage_digest(project, name):
 
 
 def weights_digests(folder):
-    """{relative path: digest} of every safetensors file under a stage folder (its model, adapter or
-    merged/; not its checkpoints): the content part of a trained stage's identity."""
+    """{relative path: digest} of the safetensors files a stage publishes (its model or adapter,
+    and merged/; not its checkpoints or its kept passes): the content part of a trained stage's
+    identity."""
     folder = Path(folder)
-    return {str(p.relative_to(folder)): prepared.file_digest(p) for p in sorted(folder.rglob("*.safetensors"))
-            if not any(part.startswith(("checkpoint-", ".")) for part in p.relative_to(folder).parts)}
+    return {str(p.relative_to(folder)): prepared.file_digest(p)
+            for p in sorted([*folder.glob("*.safetensors"), *folder.glob("merged/*.safetensors")])}
 
 
 def identity(settings, inputs):

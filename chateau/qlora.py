@@ -6,7 +6,7 @@ full-precision weights before the stage is marked finished."""
 import shutil
 from dataclasses import dataclass
 
-from chateau import lineage, models, stages, training
+from chateau import dial, lineage, models, stages, training
 from chateau.cli import StageError, positive, setting
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -25,6 +25,9 @@ class QLoRASettings(training.TrainSettings):
     lora_r: int = setting(32, "LoRA rank: 32 gives ~25M trainable parameters (2.3% of 1.1B), room for a new domain")
     lora_alpha: int = setting(64, "LoRA scale numerator (updates scaled by alpha/r = 2)")
     lora_dropout: float = setting(0.05, "dropout on LoRA inputs, in [0, 1)")
+    upcast_norms: bool = setting(True, "norms, embedding and LM head in fp32 (peft's prepare_model_for_kbit_training), "
+                                       "so the residual stream and checkpointed activations are fp32; false: in the "
+                                       "compute dtype (bf16 on GPU: less memory, other numerics; on CPU the same fp32)")
     merge: bool = setting(True, "merged-model steps (2c): merge the adapter into the base's full-precision weights, "
                                 "into merged/ (false: no merged/, and an older one is removed)")
 
@@ -37,16 +40,24 @@ class QLoRASettings(training.TrainSettings):
 
 def qlora_model(settings, project, step, base_dir):
     """The 4-bit base with a trainable LoRA: new, or continued from the row's adapter_from."""
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     model = models.load_model_4bit(base_dir, attn_implementation=settings.attn_implementation)
     model.config.use_cache = False
+    loaded = {name: param.dtype for name, param in model.named_parameters()}
+    # Freezes the base, makes the embedding's output require grad, turns on checkpointing, and
+    # casts every parameter that is not 4-bit (norms, embedding, LM head) to fp32. bitsandbytes'
+    # 4-bit layers return their input's dtype, so from the fp32 embedding on the residual stream,
+    # the MLP's activations and every checkpointed layer input are fp32, even under bf16 autocast.
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing,
                                             gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not settings.upcast_norms:  # back to the dtype they were loaded in (compute_dtype(): bf16 on GPU)
+        for name, param in model.named_parameters():
+            if param.dtype != loaded[name]:
+                param.data = param.data.to(loaded[name])
     if step.adapter_from:
         adapter_dir = training.require_trained(project, step.adapter_from)
-        # is_trainable=True: peft's default (False) loads the adapter frozen and trains nothing.
-        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+        return models.load_adapter(model, adapter_dir, trainable=True)
     config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                         target_modules=LORA_TARGETS, bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
@@ -75,10 +86,16 @@ def train(settings, name):
         train_data, validation = training.load_data(project, step.data, list(step.eval_also), tokenizer,
                                                     model.config.max_position_embeddings, settings.max_eval_samples)
 
-        # 3. Train; a merged-model row is finished only once its merge is written.
-        then = (lambda trainer, metrics: merge(project, name, settings.merge, trainer, metrics)) \
-            if step.produces == stages.MERGED else None
-        return training.fit(settings, run, model, tokenizer, train_data, validation, before_finish=then,
+        # 3. The novel in passes (2c): its training text once per pass, each pass measured, the dial's pick published.
+        train_data, measure, publish = dial.prepare_run(settings, project, name, train_data, tokenizer, validation)
+
+        # 4. Train; a merged-model row is finished only once its merge (of the published pass) is written.
+        def then(trainer, metrics):
+            out = publish(trainer, metrics) if publish else {}
+            if step.produces == stages.MERGED:
+                out.update(merge(project, name, settings.merge, trainer, metrics))
+            return out
+        return training.fit(settings, run, model, tokenizer, train_data, validation, before_finish=then, callbacks=measure,
                             extra_metrics={"adapter_digest_start": adapter_start, "adapter_from": step.adapter_from})
 
 
@@ -90,7 +107,6 @@ def merge(project, name, wanted=True, trainer=None, metrics=None):
     With the `trainer` and its `metrics`: the merged model's validation loss on the stage's own
     validation set is measured beside the 4-bit + adapter's, and a gap beyond MERGE_TOLERANCE
     fails the merge (nothing published, the stage not finished)."""
-    from peft import PeftModel
     step = stages.stage(name)
     adapter_dir, merged = step.folder(project), stages.model_dir(project, name)
     staging = adapter_dir / ".merged.partial"
@@ -99,7 +115,7 @@ def merge(project, name, wanted=True, trainer=None, metrics=None):
         shutil.rmtree(merged, ignore_errors=True)
         return {"merged": False}
     base_dir = stages.model_dir(project, step.base)
-    model = PeftModel.from_pretrained(models.load_model(base_dir), adapter_dir).merge_and_unload()
+    model = models.load_adapter(models.load_model(base_dir), adapter_dir).merge_and_unload()
     measured = {}
     if trainer is not None:
         primary = next(iter(trainer.eval_dataset))

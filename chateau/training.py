@@ -30,7 +30,8 @@ class TrainSettings:
     """Fields every train step has. Each step's own dataclass sets the curriculum's defaults."""
     project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)", identity=False)
     device: str = setting("", models.DEVICE_HELP, identity=False)
-    max_steps: int = setting(-1, "optimizer steps; -1 = one pass over the training data")
+    max_steps: int = setting(-1, "optimizer steps; -1 = --epochs passes over the training data")
+    epochs: int = setting(1, "passes over the training data (when --max-steps is -1)")
     # What the curriculum fixes is the tokens per optimizer step; how they are reached (samples
     # per GPU, number of GPUs, accumulation) is execution: accumulation = tokens per step /
     # (batch size x sample length x processes), derived, so several GPUs train the same curriculum.
@@ -38,6 +39,7 @@ class TrainSettings:
     batch_size: int = setting(1, "samples per GPU per micro-step", identity=False)
     lr: float = setting(1e-4, "peak learning rate")
     warmup_steps: int = setting(0, "linear warm-up steps, then cosine decay to 10% of --lr")
+    warmup_ratio: float = setting(0.0, "linear warm-up as a share of all steps (replaces --warmup-steps when > 0)")
     weight_decay: float = setting(0.0, "decoupled weight decay")
     max_grad_norm: float = setting(1.0, "gradient clipping")
     gradient_checkpointing: bool = setting(True, "recompute activations in backward: less memory, ~30% more compute", identity=False)
@@ -61,7 +63,9 @@ class TrainSettings:
         any file is touched."""
         out = positive(self, "batch_size", "tokens_per_step", "lr", "eval_steps", "save_steps", "logging_steps",
                        "max_eval_samples", "save_total_limit", "max_grad_norm")
-        out += positive(self, "max_steps", allow=(-1,)) + self.sample.problems(prefix="sample-")
+        out += positive(self, "max_steps", allow=(-1,)) + positive(self, "epochs") + self.sample.problems(prefix="sample-")
+        if not 0 <= self.warmup_ratio < 1:
+            out.append(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
         out += models.device_problems(self.device)
         out += [f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})"
                 for name in ("warmup_steps", "weight_decay", "seed", "sample_steps") if getattr(self, name) < 0]
@@ -351,8 +355,13 @@ def validation_loss(model, dataset, batch_size=4):
 
 
 def peak_memory_gib():
+    """This process's peak memory as the card holds it: PyTorch's peak reserved pool plus what the
+    device holds outside that pool, measured now (the CUDA context, ~0.5 GiB, and library
+    workspaces; on a card shared with another process, theirs too). CPU: the peak RSS."""
     if models.use_cuda():
-        return round(torch.cuda.max_memory_reserved() / 2**30, 2)
+        free, total = torch.cuda.mem_get_info()
+        outside = max(0, total - free - torch.cuda.memory_reserved())
+        return round((torch.cuda.max_memory_reserved() + outside) / 2**30, 2)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # CPU: peak RSS (KiB -> GiB)
 
 
@@ -392,11 +401,11 @@ def training_arguments(settings, output_dir, evaluate_first, grad_accum, optim="
     fit() adds with its own writer (report_to none: no logging folder through the environment)."""
     cuda = models.use_cuda()
     return models.one_gpu_per_process(TrainingArguments(
-        output_dir=str(output_dir), max_steps=settings.max_steps, num_train_epochs=1,
+        output_dir=str(output_dir), max_steps=settings.max_steps, num_train_epochs=settings.epochs,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=grad_accum, learning_rate=settings.lr,
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
-        warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
+        warmup_steps=settings.warmup_ratio or settings.warmup_steps, weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
         optim=optim, bf16=cuda, use_cpu=not cuda,
         gradient_checkpointing=settings.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy="steps", eval_steps=settings.eval_steps, logging_steps=settings.logging_steps,
@@ -418,13 +427,15 @@ def forget_earlier_runs(run, log_dir, start_file):
         shutil.rmtree(log_dir, ignore_errors=True)
         for checkpoint in run.output_dir.glob("checkpoint-*"):
             shutil.rmtree(checkpoint, ignore_errors=True)
-        for stale in [start_file, run.output_dir / "samples.jsonl", *run.output_dir.glob("batches-rank*.txt")]:
+        shutil.rmtree(run.output_dir / "passes", ignore_errors=True)  # the dial's kept passes (chateau/dial.py)
+        for stale in [start_file, run.output_dir / "samples.jsonl", run.output_dir / "passes.json",
+                      *run.output_dir.glob("batches-rank*.txt")]:
             stale.unlink(missing_ok=True)
     (run.output_dir / "run.json").write_text(json.dumps(run.identity, indent=2, ensure_ascii=False) + "\n")
 
 
 def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizers=(None, None), optim="adamw_torch",
-        extra_metrics=None, before_finish=None):
+        extra_metrics=None, before_finish=None, callbacks=()):
     """Train `model` with the Trainer and write the stage's output, metrics.json last.
 
     eval_datasets: {name: Dataset}; the first is the stage's own validation set, the others show
@@ -465,7 +476,7 @@ def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizer
         trainer = CurriculumTrainer(
             model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_datasets,
             data_collator=collate, processing_class=tokenizer, optimizers=optimizers,
-            callbacks=[stopper, sampler, finite, clock, RecordStart(start_file)],
+            callbacks=[stopper, sampler, finite, clock, RecordStart(start_file), *callbacks],
             tokens_per_step=tokens_per_step,
             record_batches_to=output_dir / f"batches-rank{rank()}.txt" if settings.record_batches else None,
         )

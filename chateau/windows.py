@@ -1,6 +1,7 @@
 """How token streams become fixed-length training samples, and which book goes where: pure functions."""
 import hashlib
 import math
+import random
 
 import numpy as np
 
@@ -59,3 +60,32 @@ def novel_windows(n_tokens, seq_len, stride, validation_fraction):
     val_starts = list(range(val_begin, val_end - seq_len + 1, seq_len))
     train = strided_starts(0, val_begin, seq_len, stride) + strided_starts(val_end, n_tokens, seq_len, stride)
     return train, val_starts
+
+
+def novel_train_stream(rows, n_tokens, seq_len, stride, validation_fraction, seed):
+    """The novel's training text as token ids (-1 where the held-out slice is), rebuilt from step
+    1c's shuffled, overlapping windows: their starts are novel_windows' own, shuffled as 1c
+    shuffled them. None when the rows do not match those settings (not 1c's windows)."""
+    starts, _ = novel_windows(n_tokens, seq_len, stride, validation_fraction)
+    random.Random(seed).shuffle(starts)
+    rows = np.asarray(rows)
+    if rows.shape != (len(starts), seq_len):
+        return None
+    stream = np.full(n_tokens, -1, dtype=np.int64)
+    for start, row in zip(starts, rows):
+        seen = stream[start:start + seq_len]
+        if np.any((seen >= 0) & (seen != row)):
+            return None
+        stream[start:start + seq_len] = row
+    return stream
+
+
+def one_pass(stream, sample_tokens):
+    """(n, sample_tokens) samples that hold every training token of the novel once: each
+    contiguous part of `stream` (the text before and after the held-out slice) cut into
+    consecutive samples, the last one of a part aligned to its end (it overlaps its neighbour by
+    less than a sample, so that the tail is trained on too)."""
+    covered = np.flatnonzero(np.diff(np.concatenate([[0], (stream >= 0).astype(np.int8), [0]])))
+    samples = [stream[s:s + sample_tokens] for begin, end in zip(covered[::2], covered[1::2])
+               for s in strided_starts(begin, end, sample_tokens, sample_tokens)]
+    return np.stack(samples).astype(np.int32) if samples else np.zeros((0, sample_tokens), dtype=np.int32)

@@ -68,7 +68,7 @@ def torch_install_command():
     return next(l.strip()[len("RUN "):] for l in text.splitlines() if l.startswith("RUN ") and "requirements.txt" in l)
 
 
-@pytest.mark.parametrize("index_url", ["", "https://download.pytorch.org/whl/cu126"])
+@pytest.mark.parametrize("index_url", ["", "https://download.pytorch.org/whl/cu129"])
 def test_the_cuda_12_build_argument_reaches_pip(tmp_path, index_url):
     fake = tmp_path / "bin"
     fake.mkdir()
