@@ -10,6 +10,7 @@ merged in at full precision, never into 4-bit weights) and writes models/<stage>
   <name>-q8_0.gguf   every matrix in 8-bit blocks (~1.2 GB), practically lossless
   <name>-q4_k_m.gguf from the f16 file by llama.cpp's own quantizer (~0.7 GB; the laptop size)
   Modelfile          for `ollama create`: a plain completion model, the project's sampling settings
+  README.md          the model card: hub front matter, lineage, the dial's pass and its memorization, limits
   export.json        what each file was made from, its size, and its figures in llama.cpp and transformers
 Each file is written under a temporary name, checked, and only then renamed to its own name: read
 by llama.cpp itself (the engine of llama.cpp, Ollama and LM Studio; in a subprocess, so that an
@@ -23,7 +24,7 @@ import json
 import shutil
 from dataclasses import dataclass
 
-from chateau import dial, generation, gguf_files, lineage, llama_cpp_check, models, stages
+from chateau import dial, generation, gguf_files, lineage, llama_cpp_check, model_card, models, stages
 from chateau.cli import StageError, is_disk_full, parse_settings, project_dir, run, say, setting, write_atomic
 
 
@@ -164,6 +165,9 @@ def main(argv=None):
         if best is None:
             raise StageError(f"no GGUF file in {out_dir} to write a Modelfile for: export f16 or q8_0 (--types)")
         (out_dir / "Modelfile").write_text(modelfile(best.name, settings))
+        # What is published says what it is: the model card, from the project's own records.
+        files = [(p.name, round(p.stat().st_size / 2**20, 1)) for p in exported if p.exists()]
+        write_atomic(out_dir / "README.md", model_card.card(project, settings.stage, settings.name, files, epoch=settings.epoch))
     files = ", ".join(f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in sorted(out_dir.glob("*.gguf")))
     say(f"4 done: {files} and a Modelfile in {out_dir}. Next: llama.cpp `llama-cli -m {best} -p \"...\"`, "
         f"or `cd {out_dir} && ollama create {settings.name} -f Modelfile`")

@@ -22,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+from bench import real_dial
 from chateau import generation, lineage, prepared, scoreboard, stages
 from chateau.gguf_files import convert_gguf
 from dev import real_inputs
@@ -217,7 +218,12 @@ def main():
     scored = tuple(row["stage"] for row in board["rows"])  # the stages this run made (not 2d)
     side = dict(generation.side_by_side(project, generation.Sampling(new_tokens=SIDE_TOKENS), scored, base_model=BASE))
     continuation = (project / "output" / "continuation_2c.md").read_text().split("\n---\n", 1)[1].strip()
-    args.report.write_text(report(project, board, side, continuation, time.time() - began, books, speed))
+    # bench/real_dial.py's section of the report is its own: kept as it is.
+    previous = args.report.read_text() if args.report.exists() else ""
+    dial_section = previous[previous.find(real_dial.MARK[0]):previous.find(real_dial.MARK[1]) + len(real_dial.MARK[1])] \
+        if real_dial.MARK[0] in previous else ""
+    args.report.write_text(report(project, board, side, continuation, time.time() - began, books, speed)
+                           + (f"\n{dial_section}\n" if dial_section else ""))
     print(f"report written to {args.report} ({(time.time() - began) / 60:.0f} minutes)")
 
 

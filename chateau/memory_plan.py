@@ -35,7 +35,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chateau import stages
+from chateau import dial, stages
 
 GIB = 2 ** 30
 
@@ -313,8 +313,14 @@ def stage_disk(name, shape, project=None, device="cuda"):
             if step.produces == stages.MERGED and settings.get("merge", True):
                 model += shape.params * (2 if device == "cuda" else 4) / GIB
                 what += " and the merged model"
+        passes = 0.0
+        if dial.is_dialled(name):  # every pass kept (chateau/dial.py): its weights or its adapter
+            passes = settings["epochs"] * (shape.params * 2 / GIB if step.recipe == "fullweight" else
+                                           shape.lora_params(settings["lora_r"], lora_targets()) * 4 / GIB)
+            what += f" and its {settings['epochs']} passes"
         # The Trainer writes a new checkpoint before it deletes the oldest one.
-        return Disk(name, model + keep * checkpoint, max((keep + 1) * checkpoint, keep * checkpoint + model), what)
+        return Disk(name, model + keep * checkpoint + passes,
+                    max((keep + 1) * checkpoint, keep * checkpoint + model) + passes, what)
     if step.kind == "export":
         kinds = settings["types"].split(",")
         size = sum(GGUF_BYTES.get(k, 2) for k in kinds) * shape.params / GIB

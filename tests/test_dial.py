@@ -85,6 +85,11 @@ def test_step_3_and_step_4_use_the_published_pass_or_the_one_asked(pipeline, tmp
     assert f"- pass: pass {other} of 3" in (project / "output" / "other.md").read_text()
     out = run_script(project, EXPORT, "--stage", "2d", "--types", "f16")
     assert f"exporting 2d, pass {published} of 3 (the dial's pick)" in out.stdout
+    card = (stages.export_dir(project, "2d") / "README.md").read_text()
+    assert card.startswith("---\nbase_model: TinyLlama/TinyLlama_v1.1\nlanguage:\n- fr\n") and "pipeline_tag: text-generation" in card
+    assert f"pass {published} of 3 (the dial's pick)" in card and "training text extracted" in card
+    chosen = lineage.read_metrics(project, "2d")["passes"][published - 1]["memorization"]["train"]
+    assert f"exactly {100 * chosen['extracted']:.1f}% of the time ({chosen['agreed_tokens']:.1f} tokens agreed" in card
     one_error_line(run_script(project, CONTINUE, *SHORT, "--stage", "2d", "--epoch", 9, check=False), "has no pass 9")
 
     # Moving the dial: one command; the continuation and the export made from the old pick are stale.
