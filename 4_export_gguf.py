@@ -146,7 +146,8 @@ def main(argv=None):
                                  f"{weights_gib(source):.2f} GiB): nothing was published and the partial file was removed; "
                                  f"free some disk space, then rerun the same command") from None
             if kind not in gguf_files.EXPORT_TYPES:
-                say(f"4: {path.name}: llama.cpp's quantizer wrote its matrices as {done['tensor_types']} "
+                types = ", ".join(f"{count} {kind_}" for kind_, count in done["tensor_types"].items())
+                say(f"4: {path.name}: llama.cpp's quantizer wrote its matrices as {types} "
                     f"(a matrix too narrow for a K-quant falls back to another type)")
             if settings.verify:
                 checks = checks or gguf_files.Checks(source, project)

@@ -163,8 +163,10 @@ def side_by_side(project, sampling, model_stages=stages.MODEL_STAGES, base_model
     """The notebook's "trying the models": ("prompt", prompt) first, then (stage, continuation) for
     every model stage as soon as it is generated (a stage that cannot be loaded: its reason, in
     parentheses), all from the same prompt: `sampling.prompt`, or a passage of the novel's held-out slice."""
-    prompt, announced = sampling.prompt, False
+    prompt, announced, model = sampling.prompt, False, None
     for stage in model_stages:
+        del model  # the previous stage's model goes before the next one loads: one model in memory at a time
+        model = None
         try:
             model, tokenizer = load_stage(project, stage, base_model)
         except StageError as missing:

@@ -267,9 +267,11 @@ class Checks:
         if kind in EXPORT_TYPES:
             out["round_trip"] = round_trip(self.model_dir, path, self.project, source=self.reference)
         engine = out["llama_cpp"]
-        print(f"4: {kind}: " + (f"llama.cpp top-1 {engine['top1_agreement']}, perplexity {engine['perplexity_source']} -> "
-                               f"{engine['perplexity_gguf']}, tokenizer ids equal; " if isinstance(engine, dict) else "")
-              + f"transformers: {out.get('round_trip', 'cannot read this type')}")
+        read = out.get("round_trip")
+        print(f"4: {kind}: " + (f"llama.cpp top-1 {engine['top1_agreement']:.1%}, perplexity {engine['perplexity_source']:.2f} -> "
+                               f"{engine['perplexity_gguf']:.2f}, tokenizer ids equal; " if isinstance(engine, dict) else "")
+              + (f"transformers top-1 {read['top1_agreement']:.1%}, perplexity {read['perplexity_source']:.2f} -> "
+                 f"{read['perplexity_gguf']:.2f}" if isinstance(read, dict) else "transformers cannot read this type"))
         return out
 
 

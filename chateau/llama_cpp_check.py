@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 
 PIN = "llama-cpp-python==0.3.36"
-INSTALL_HINT = (f"pip install {PIN} (with ../shared/wheels: --find-links ../shared/wheels; otherwise it builds "
-                f"llama.cpp from source in 10-20 minutes; the Docker image has it)")
+INSTALL_HINT = f"pip install {PIN} (it builds llama.cpp from source: 10-20 minutes; the Docker image has it)"
 
 # What each published file must reach against the model it was exported from, on the novel's
 # held-out windows, in llama.cpp. f16 rounds each weight to 11 significant bits: next tokens agree

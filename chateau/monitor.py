@@ -1,44 +1,28 @@
 """The notebook's views of the project: each stage's curves from the TensorBoard logs under runs/
 (read as they are written, so they work while a stage is still training), the curriculum's
 story on one axis of tokens seen, a line per stage from its metrics.json, the samples each stage
-wrote while training, the scoreboard's new measures as a plot, and the exported files."""
+wrote while training, the scoreboard's new measures as a plot, the continuations and the exported
+files (step 4 run from the notebook, its output streamed). The cells that load models run inside
+`models_released()`: the notebook holds no model, nor PyTorch's GPU cache, between cells."""
+import contextlib
+import gc
 import json
-import logging
 import math
-import os
-import warnings
+import re
+import signal
+import subprocess
+import sys
+import traceback
+from pathlib import Path
 
 from chateau import stages
+from chateau.cli import quiet  # noqa: F401  (the notebook's first cell calls monitor.quiet())
 
 # One colour per validation set, the same in every plot (by prepare stage); training loss in black.
 COLOURS = dict(zip(stages.PREPARE_STAGES, ("tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange")))
 # Characters that Markdown would read as markup in a model's text: escaped wherever text is shown.
 MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>#|"})
 SMOOTH_ABOVE = 30  # logged training-loss points beyond which the curve is smoothed (the raw one stays, faint)
-
-# Warnings the libraries print for their own deprecations, not the user's doing: kept out of the
-# notebook's output (each a message pattern, matched from the start).
-KNOWN_WARNINGS = (
-    "IProgress not found",                       # tqdm in Jupyter without ipywidgets: the bars are off anyway
-    "`gradient_checkpointing_kwargs` is deprecated", "`gradient_checkpointing_enable` is deprecated",
-    "`is_gradient_checkpointing` is deprecated",  # transformers 5 renamed these; peft still calls them
-    "builtin type swig",                          # pymupdf's SWIG bindings under Python 3.11+
-)
-
-
-def quiet():
-    """The notebook's output without the libraries' noise: no progress bars (transformers'
-    "Loading weights", datasets', the hub's) and none of the known deprecation warnings above.
-    Call it before importing them: the bars read their switches at import."""
-    os.environ["TQDM_DISABLE"] = "1"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for message in KNOWN_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
-    # bitsandbytes on CPU logs that an optional faster kernel (the `kernels` package) is absent;
-    # its own CPU path runs without it, and on a GPU the message never comes.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
 
 def read_scalars(log_dir):
     """{tag: [(step, value), ...]} from every event file under `log_dir`."""
@@ -210,25 +194,34 @@ def samples_table(project, train_stages=stages.TRAIN_STAGES, width=400):
 
 def plot_scoreboard(board):
     """The scoreboard's two reader-like measures per stage, with their 95% intervals: the
-    next-passage accuracy (chance 1/6) and the blind discriminator (0.5: it cannot tell)."""
+    next-passage accuracy (chance 1/6) and the blind discriminator (0.5: it cannot tell). A legend
+    says what each colour and line is."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     rows = board["rows"]
     if not rows:
         return None
-    fig, (passage_ax, told_ax) = plt.subplots(1, 2, figsize=(11, 3.4))
+    fig, (passage_ax, told_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
     names = [r["stage"] for r in rows]
-    for ax, key, title in ((passage_ax, "next_passage", "next passage ↑ (chance 1/6)"),
-                           (told_ax, "told_apart", "told apart from the novel ↓ (0.5: cannot)")):
+    colour = lambda row: "grey" if row["stage"] == "base" else "tab:red"
+    for ax, key, title, ylabel, line, line_label in (
+            (passage_ax, "next_passage", "Next passage ↑", "true continuation picked (share of items)", 1 / 6, "chance (1 in 6)"),
+            (told_ax, "told_apart", "Told apart from the novel ↓", "discriminator accuracy", 0.5, "0.5: cannot tell")):
         for i, row in enumerate(rows):
             if row.get(key) is not None:
                 low, high = row[key + "_95"]
-                ax.errorbar(i, row[key], yerr=[[row[key] - low], [high - row[key]]], fmt="o", color="tab:red" if i else "grey", capsize=4)
-        ax.axhline(1 / 6 if key == "next_passage" else 0.5, color="grey", ls="--", lw=0.8)
-        ax.set(title=title, ylim=(0, 1.05), xticks=range(len(rows)), xticklabels=names)
-    novel = next((r for r in board["references"] if r["stage"] == "(novel)"), None)
-    if novel and novel.get("told_apart") is not None:
-        told_ax.axhline(novel["told_apart"], color="tab:blue", ls=":", lw=1, label="the novel's two halves")
-        told_ax.legend(fontsize=8)
+                ax.errorbar(i, row[key], yerr=[[row[key] - low], [high - row[key]]], fmt="o", color=colour(row), capsize=4)
+        ax.axhline(line, color="grey", ls="--", lw=0.8)
+        ax.set(title=title, ylim=(0, 1.05), xlim=(-0.5, len(rows) - 0.5), xticks=range(len(rows)), xticklabels=names,
+               xlabel="stage", ylabel=ylabel)
+        handles = [Line2D([], [], color="grey", marker="o", ls="", label="base model"),
+                   Line2D([], [], color="tab:red", marker="o", ls="", label="trained stage (bar: 95% interval)"),
+                   Line2D([], [], color="grey", ls="--", lw=0.8, label=line_label)]
+        novel = next((r for r in board["references"] if r["stage"] == "(novel)"), None)
+        if key == "told_apart" and novel and novel.get(key) is not None:
+            ax.axhline(novel[key], color="tab:blue", ls=":", lw=1)
+            handles.append(Line2D([], [], color="tab:blue", ls=":", lw=1, label="the novel's two halves"))
+        ax.legend(handles=handles, fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 
@@ -240,32 +233,185 @@ def quote(text):
     return "\n>\n".join(f"> {p}" for p in paragraphs) or "> (empty)"
 
 
+def with_code(message):
+    """A message of the project (a StageError's, a hint) as Markdown: its `commands` as code, the
+    rest as plain text (paths and names keep their underscores and stars)."""
+    parts = message.split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: no code in it
+        return message.translate(MARKDOWN_SPECIAL)
+    return "".join(f"`{part}`" if i % 2 else part.translate(MARKDOWN_SPECIAL) for i, part in enumerate(parts))
+
+
 def side_by_side_block(stage, text):
-    """One block of "trying the models": the prompt, or a stage's continuation under its name."""
+    """One block of "trying the models": the prompt, or a stage's continuation under its name. A
+    stage that could not be loaded (generation.side_by_side gives its reason in parentheses) is one
+    line of status beside its name, outside the quote, where its command reads as code."""
     if stage == "prompt":
         return f"**Prompt**, a passage of the novel's held-out slice:\n\n{quote(text)}"
+    if text.startswith("(") and text.endswith(")"):
+        return f"**{stages.label(stage)}**: not available: {with_code(text[1:-1])}"
     return f"**{stages.label(stage)}**\n\n{quote(text)}"
 
 
-def continuation_markdown(path):
-    """A continuation file (output/continuation_*.md) for reading: its settings folded away, its text quoted."""
+def last_words(text, at_least=60):
+    """The end of a text, whole paragraphs of it, at least `at_least` words; a long last paragraph
+    from a sentence start within it (at most twice that)."""
+    paragraphs = [" ".join(p.split()) for p in text.split("\n") if p.strip()]
+    kept = []
+    while paragraphs and sum(len(p.split()) for p in kept) < at_least:
+        kept.insert(0, paragraphs.pop())
+    if not kept:
+        return ""
+    first = kept[0].split()
+    room = 2 * at_least - sum(len(p.split()) for p in kept[1:])  # > at_least: the others hold fewer
+    cut = len(first) > room
+    if cut:
+        first = first[-room:]
+        start = next((i for i in range(1, len(first) // 2) if first[i - 1][-1] in ".!?…»"), 0)
+        kept[0] = " ".join(first[start:])
+    if paragraphs or cut:
+        kept[0] = "… " + kept[0]
+    return "\n".join(kept)
+
+
+def continued_from(project, settings):
+    """(what it is, text) of what a continuation continued, from the settings its file records:
+    its --prompt, its --prompt-file, or by default the novel's clean text, whose end step 3 reads;
+    None when that text is not here."""
+    if settings.get("prompt"):
+        return "The end of its prompt", settings["prompt"]
+    if settings.get("prompt_file"):
+        try:
+            return f"The end of its prompt file ({settings['prompt_file']})", Path(settings["prompt_file"]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+    try:
+        return "The novel's last lines", (stages.folder(project, stages.NOVEL_DATA) / "clean_text.txt").read_text()
+    except OSError:
+        return None
+
+
+def continuation_markdown(path, project):
+    """A continuation file (output/continuation_*.md) for reading: its title, its settings folded
+    away, the last lines of the text it continues (quoted), then its text (quoted)."""
     header, _, body = path.read_text().partition("\n---\n")
-    return (f"**{path.name}**\n\n<details><summary>settings</summary>\n\n{header.strip()}\n\n</details>\n\n"
-            f"{quote(body)}")
+    lines = header.strip().splitlines()
+    title = lines[0][2:] if lines and lines[0].startswith("# ") else path.name
+    settings = dict(re.findall(r"^- (\w+): ?(.*)$", header, re.M))
+    folded = "\n".join(lines[1:] if lines and lines[0].startswith("# ") else lines).strip()
+    source = continued_from(project, settings)
+    context = settings.get("context_tokens")
+    before = "" if source is None else (
+        source[0].translate(MARKDOWN_SPECIAL) + (f" (the model read the last {context} tokens)" if context else "") +
+        f":\n\n{quote(last_words(source[1]))}\n\n")
+    return (f"### {title.translate(MARKDOWN_SPECIAL)}\n\n`{path}`\n\n<details><summary>settings</summary>\n\n{folded}\n\n"
+            f"</details>\n\n{before}The continuation:\n\n{quote(body)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: the notebook holds no model between cells.
+
+def release_memory():
+    """Collect the models nothing refers to any more and hand PyTorch's cached GPU memory back to
+    the card (PyTorch keeps freed blocks for reuse: a step training beside the notebook could not
+    have them). Never starts CUDA just to do so."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def models_released():
+    """Around a cell that loads models: when it ends, also by an error or an interrupt, none of
+    them stays in memory. An exception's traceback keeps the local variables of every function it
+    ran through (a model among them) for as long as the kernel remembers the error: they are
+    cleared, the traceback itself kept."""
+    try:
+        yield
+    except BaseException as error:
+        traceback.clear_frames(error.__traceback__)
+        raise
+    finally:
+        release_memory()
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 4 from the notebook.
+
+def run_export(project, *flags, show=print):
+    """Step 4 (4_export_gguf.py) as the terminal would run it, each line of its output shown as it
+    comes (minutes on a real model), its errors among them; returns its exit status. An interrupt
+    of the cell interrupts the step as Ctrl-C would."""
+    script = Path(__file__).resolve().parents[1] / stages.script_of("4")
+    command = [sys.executable, "-u", str(script), "--project-dir", str(project), *flags]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+                          errors="replace", bufsize=1) as process:
+        try:
+            for line in process.stdout:
+                show(line.rstrip("\n"))
+        except BaseException:
+            process.send_signal(signal.SIGINT)
+            process.wait()
+            raise
+    return process.returncode
 
 
 def exported_files(project):
-    """[(path, MiB)] of every GGUF file step 4 wrote, with the Modelfiles beside them."""
-    return [(path, round(path.stat().st_size / 2**20, 1))
-            for stage in stages.EXPORTABLE for path in sorted(stages.export_dir(project, stage).glob("*"))
-            if path.suffix == ".gguf" or path.name == "Modelfile"]
+    """{stage: [path]} of the files step 4 published (GGUF files, largest first, then the Modelfile)."""
+    found = {}
+    for stage in stages.EXPORTABLE:
+        folder = stages.export_dir(project, stage)
+        files = sorted((p for p in folder.glob("*.gguf") if not p.name.startswith(".")), key=lambda p: -p.stat().st_size)
+        if files:
+            found[stage] = files + [p for p in [folder / "Modelfile"] if p.exists()]
+    return found
 
 
-def run_export(project, *flags):
-    """Step 4 (4_export_gguf.py) as the terminal would run it; returns its output."""
-    import subprocess
-    import sys
-    from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / stages.script_of("4")
-    out = subprocess.run([sys.executable, str(script), "--project-dir", str(project), *flags], text=True, capture_output=True)
-    return out.stdout + out.stderr
+def size_text(n_bytes):
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{n_bytes} bytes"
+
+
+def check_cells(record):
+    """(checked by, top-1 agreement, perplexity model -> file) of one file's record in export.json:
+    llama.cpp's figures where it checked the file, else transformers' (the round trip)."""
+    for engine, figures in (("llama.cpp", record.get("llama_cpp")), ("transformers", record.get("round_trip"))):
+        if isinstance(figures, dict) and "perplexity_gguf" in figures:
+            source, gguf = figures["perplexity_source"], figures["perplexity_gguf"]
+            change = f"{(gguf - source) / source:+.2%}".replace("-0.00%", "+0.00%").replace("+0.00%", "±0.00%")
+            return engine, f"{figures['top1_agreement']:.1%}", f"{source:.2f} → {gguf:.2f} ({change})"
+    return ("not checked", "—", "—")
+
+
+def export_table(project):
+    """The files step 4 published, a Markdown table per exported stage: file, size, and how close
+    it came to the model it was made from (export.json's figures); "" when there are none."""
+    parts = []
+    for stage, files in exported_files(project).items():
+        record = read_json(stages.export_dir(project, stage) / "export.json") or {}
+        rows = []
+        for path in files:
+            done = record.get(path.name, {})
+            engine, top1, perplexity = check_cells(done) if path.suffix == ".gguf" else ("", "", "")
+            stale = " (from a stale model)" if done.get("stale") else ""
+            rows.append(f"| `{path.name}`{stale} | {size_text(path.stat().st_size)} | {engine} | {top1} | {perplexity} |")
+        parts.append(f"**{stages.label(stage)}**, in `{stages.export_dir(project, stage)}`\n\n"
+                     "| file | size | checked in | top-1 agreement | perplexity: model → file |\n"
+                     "|:--|--:|:--|--:|--:|\n" + "\n".join(rows))
+    if parts:
+        parts.append("Measured on the novel's held-out text: top-1 agreement, how often the file's most likely next "
+                     "token is the model's; perplexity, the model's and the file's.")
+    return "\n\n".join(parts)
+
+
+def llama_cpp_hint():
+    """A line for the user when llama.cpp is missing here (its checks and q4_k_m need it), else None."""
+    from chateau import llama_cpp_check
+    if llama_cpp_check.available():
+        return None
+    return (f"llama.cpp is not installed here: the files are checked in transformers only and q4_k_m is not made. "
+            f"Install it with `pip install {llama_cpp_check.PIN}` (it builds llama.cpp: 10-20 minutes); "
+            f"the Docker image has it.")

@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -421,25 +422,38 @@ def indicative(rows):
 # ---------------------------------------------------------------------------------------------
 # The table as people read it.
 
-# (key, short header, which way is better, what it is): one place for the scoreboard's columns.
-COLUMNS = [
-    ("stage", "stage", "", "base model, each trained stage, and the two reference rows in parentheses"),
-    ("novel_perplexity", "novel ppl", "↓", "perplexity on the novel's held-out slice"),
-    ("french_perplexity", "French ppl", "↓", "perplexity on held-out French books (should not rise much at 2c)"),
-    ("next_passage", "next passage", "↑", "next-passage accuracy: the true continuation of a held-out context picked among six (chance 0.17)"),
-    ("told_apart", "told apart", "↓ 0.5", "blind discriminator's accuracy telling the samples from the novel (0.5: it cannot)"),
-    ("delta_novel", "Δ novel", "↓", "Burrows' Delta to the novel's held-out slice (150 most frequent words)"),
-    ("delta_french", "Δ French", "", "Burrows' Delta to held-out French"),
-    ("lexicon_per_1000", "lexicon", "↑", "the novel's 100 most characteristic words, per 1,000 words"),
-    ("copied_8gram_share", "copied", "↓", "share of word 8-grams found verbatim in the novel"),
-    ("longest_copy_words", "longest copy", "↓", "longest run of words copied from the novel"),
-    ("artifacts_per_1000", "artifacts", "↓", "page numbers, running heads, source lines per 1,000 words"),
-    ("distinct_2", "distinct-2", "↑", "distinct word pairs / all word pairs (1: no repetition)"),
-    ("words", "words", "", "generated words the text measures rest on"),
-]
+class Column(NamedTuple):
+    key: str
+    short: str      # its header
+    better: str     # which way is better (↑, ↓, ↓ 0.5: towards 0.5), or "" when neither
+    what: str       # what it is (the legend)
+    form: str       # how its figures are written: a format spec, "interval", "percent" (the same decimals all down a column)
+    group: str      # "model": a likelihood of held-out text; "samples": a measure of the generated samples
 
+
+# One place for the scoreboard's columns, in the terminal table's order. The Markdown table splits
+# them by group: what each model predicts, then what it writes (13 columns do not fit a page).
+COLUMNS = [
+    Column("stage", "stage", "", "base model, each trained stage, and the two reference rows in parentheses", "", ""),
+    Column("novel_perplexity", "novel ppl", "↓", "perplexity on the novel's held-out slice", ".1f", "model"),
+    Column("french_perplexity", "French ppl", "↓", "perplexity on held-out French books (should not rise much at 2c)", ".1f", "model"),
+    Column("next_passage", "next passage", "↑", "next-passage accuracy: the true continuation of a held-out context picked among six "
+           "(chance 0.17)", "interval", "model"),
+    Column("told_apart", "told apart", "↓ 0.5", "blind discriminator's accuracy telling the samples from the novel (0.5: it cannot)",
+           "interval", "samples"),
+    Column("delta_novel", "Δ novel", "↓", "Burrows' Delta to the novel's held-out slice (150 most frequent words)", ".2f", "samples"),
+    Column("delta_french", "Δ French", "", "Burrows' Delta to held-out French", ".2f", "samples"),
+    Column("lexicon_per_1000", "lexicon", "↑", "the novel's 100 most characteristic words, per 1,000 words", ".1f", "samples"),
+    Column("copied_8gram_share", "copied", "↓", "share of word 8-grams found verbatim in the novel", "percent", "samples"),
+    Column("longest_copy_words", "longest copy", "↓", "longest run of words copied from the novel", ",", "samples"),
+    Column("artifacts_per_1000", "artifacts", "↓", "page numbers, running heads, source lines per 1,000 words", ".1f", "samples"),
+    Column("distinct_2", "distinct-2", "↑", "distinct word pairs / all word pairs (1: no repetition)", ".2f", "samples"),
+    Column("words", "words", "", "generated words the text measures rest on", ",", "samples"),
+]
+COLUMN = {c.key: c for c in COLUMNS}
 
 SIZE_OF = {"told_apart": "told_apart_chunks", "next_passage": "next_passage_items"}  # what each interval rests on
+SIZE_UNIT = {"told_apart": "chunks per side", "next_passage": "items"}
 
 
 def interval(row, key):
@@ -448,51 +462,81 @@ def interval(row, key):
     return f"{row[key]:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def cell(row, key):
-    value = row.get(key)
+def cell(row, key, sizes=True):
+    """One figure as the tables write it; an interval with what it rests on (×N) unless `sizes` is
+    False (the Markdown table says N in its legend, to stay narrow)."""
+    value, form = row.get(key), COLUMN[key].form
     if value is None or value == "":
         return "—"
-    if key == "copied_8gram_share":
+    if form == "interval":
+        return interval(row, key) + (f" ×{row[SIZE_OF[key]]}" if sizes else "")
+    if form == "percent":
         return f"{100 * value:.1f}%"
-    if key in SIZE_OF:
-        return f"{interval(row, key)} ×{row[SIZE_OF[key]]}"
-    if key == "words":
-        return f"{value:,}"
-    return str(value)
+    return format(value, form) if form else str(value)
 
 
-def table_rows(board):
-    """Header and cells of the stage rows and the reference rows."""
-    header = [f"{short} {better}".strip() for _, short, better, _ in COLUMNS]
-    return header, [[cell(row, key) for key, *_ in COLUMNS] for row in board["rows"] + board["references"]]
+def header(column):
+    return f"{column.short} {column.better}".strip()
+
+
+def table_rows(board, columns=COLUMNS, rows=None, sizes=True):
+    """Header and cells of `rows` (default: the stage rows, then the reference rows) in `columns`."""
+    rows = board["rows"] + board["references"] if rows is None else rows
+    return [header(c) for c in columns], [[cell(row, c.key, sizes) for c in columns] for row in rows]
 
 
 def format_table(board):
     """The board as aligned plain text (the terminal, the logs)."""
     if not board["rows"]:
         return "(no stage trained yet)"
-    header, body = table_rows(board)
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header] + body]
+    head, body = table_rows(board)
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(head)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head] + body]
     return "\n".join(lines + ([board["indicative"]] if board["indicative"] else []))
 
 
+def counts(rows, key):
+    """What the rows' intervals of `key` rest on: "30", or "10–20" when the rows differ."""
+    sizes = sorted({r[SIZE_OF[key]] for r in rows if r.get(key) is not None})
+    return "" if not sizes else str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+
+
+def markdown_rows(head, body):
+    # No-break spaces: a figure and its interval stay on one line, and a header's arrow with its
+    # name (a narrow page wraps "told apart ↓ 0.5" between its words only). Stages left, figures right.
+    nowrap = lambda text: re.sub(r"(?<=Δ) | (?=[↑↓])|(?<=[↑↓]) | (?=\[)|(?<=,) ", "\u00a0", text)
+    return "\n".join(["| " + " | ".join(map(nowrap, head)) + " |", "|:--|" + "--:|" * (len(head) - 1)] +
+                     ["| " + " | ".join(map(nowrap, line)) + " |" for line in body])
+
+
 def markdown_table(board):
-    """The board as a Markdown table, its columns explained beneath (the notebook, docs/results.md)."""
+    """The board as two Markdown tables, each with its columns explained beneath (the notebook,
+    docs/results.md): what each model predicts of held-out text (likelihoods; the reference rows
+    have none), and what its samples are like (with the reference rows, for scale)."""
     if not board["rows"]:
         return "(no stage trained yet)"
-    header, body = table_rows(board)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in body]
-    legend = [f"- **{short}** {better}: {what}" for _, short, better, what in COLUMNS[1:]]
-    legend.append("- [a, b]: 95% interval; ×N: the chunks (per side) or items the figure rests on")
     size = board["settings"]
-    legend.append(f"- sizes: samples of {size['sample_tokens']} tokens until {size['words']:,} words per stage; "
-                  f"next passage: {size['context_tokens']}-token contexts, {size['candidate_tokens']}-token candidates; "
-                  f"discriminator: {size['chunk_words']}-word chunks")
-    legend += [f"- **{name}**: {what}" for name, what in REFERENCES.items()]
-    if board["indicative"]:
-        legend.insert(0, f"**{board['indicative']}.**\n")
-    return "\n".join(lines) + "\n\n" + "\n".join(legend)
+    legend = lambda group: [f"- **{c.short}**{' ' + c.better if c.better else ''}: {c.what}" for c in COLUMNS if c.group == group]
+    intervals = lambda key, rows: (f"- [a, b]: 95% interval of **{COLUMN[key].short}**, over {counts(rows, key)} "
+                                   f"{SIZE_UNIT[key]}" if counts(rows, key) else None)
+    everything = board["rows"] + board["references"]
+    model = [c for c in COLUMNS if c.group == "model"]
+    samples = [c for c in COLUMNS if c.group == "samples"]
+    parts = [f"**{board['indicative']}.**"] if board["indicative"] else []
+    parts += [
+        "**What each model predicts** of held-out text (likelihoods: nothing sampled)",
+        markdown_rows(*table_rows(board, COLUMNS[:1] + model, board["rows"], sizes=False)),
+        "\n".join(legend("model") + list(filter(None, [intervals("next_passage", board["rows"])])) +
+                  [f"- sizes: next passage: {size['context_tokens']}-token contexts, {size['candidate_tokens']}-token candidates; "
+                   f"perplexities over {size['max_eval_samples']} validation rows"]),
+        f"**What each model writes**: samples of {size['sample_tokens']} tokens, each continuing a passage of the novel's "
+        f"held-out slice, until {size['words']:,} words per stage; two reference rows for scale",
+        markdown_rows(*table_rows(board, COLUMNS[:1] + samples, everything, sizes=False)),
+        "\n".join(legend("samples") + list(filter(None, [intervals("told_apart", everything)])) +
+                  [f"- sizes: discriminator: {size['chunk_words']}-word chunks"] +
+                  [f"- **{name}**: {what}" for name, what in REFERENCES.items()]),
+    ]
+    return "\n\n".join(parts)
 
 
 def main(argv=None):

@@ -145,17 +145,55 @@ def test_novel_download_resumes_from_a_file_url_or_says_where_to_put_it(fresh_pr
     assert str(pdf) in message and not pdf.exists()
 
 
+def markdown_tables(markdown):
+    """Each Markdown table in `markdown` as its rows of cells (the header first, the rule left out;
+    no-break spaces read as spaces)."""
+    tables, rows = [], []
+    for line in markdown.replace("\u00a0", " ").splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|:- "):
+                rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
 def test_notebook_runs_top_to_bottom(pipeline, monkeypatch):
+    import copy
     import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager
     from nbclient import NotebookClient
+    from chateau import lineage
     project = pipeline[0]
+    if not (project / "output" / "continuation_2c.md").exists():
+        run_script(project, "3_continue_kafka.py", *fixtures.TINY_CONTINUE)
     notebook = nbformat.read(ROOT / "notebook.ipynb", as_version=4)
+    stored = copy.deepcopy(notebook.metadata)
     assert all(cell.get("id") for cell in notebook.cells)  # JupyterLab would add them and mark the file modified
+    # After the notebook's own cells, one that counts the models (modules with weights: not
+    # transformers' activation functions, module-level objects) still in the kernel's memory.
+    probe = nbformat.v4.new_code_cell("import gc, torch\nprint('models in memory:', sum(isinstance(o, torch.nn.Module) and "
+                                      "next(o.parameters(), None) is not None for o in gc.get_objects()))")
+    probe.id = "test-probe"
+    notebook.cells.append(probe)
     for name, value in dict(KAFKA_PROJECT_DIR=str(project), KAFKA_NEW_TOKENS="40", KAFKA_EXPORT="1",
                             KAFKA_SCOREBOARD_CONFIG=str(ROOT / "profiles" / "tiny" / "scoreboard.json")).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws the figures
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+
+    # JupyterLab writes the kernel's kernelspec and language_info into the notebook when it opens
+    # it: stored as the kernel reports them, opening the notebook changes nothing. The Python
+    # patch version is left out: it is the machine's, not the notebook's.
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert stored["kernelspec"] == {"name": "python3", "display_name": spec.display_name, "language": spec.language}
+    written = {k: v for k, v in notebook.metadata["language_info"].items() if k != "version"}
+    assert stored["language_info"] == written
+
+    probe = notebook.cells.pop()
+    printed = "".join(o.get("text", "") for o in probe.outputs if o.get("name") == "stdout")
+    assert printed == "models in memory: 0\n"  # the notebook holds no model between cells
     cells = {cell.id: cell for cell in notebook.cells if cell.cell_type == "code"}
     outputs = [o for cell in cells.values() for o in cell.outputs]
     text = lambda cell: "".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "") for o in cells[cell].outputs)
@@ -166,13 +204,63 @@ def test_notebook_runs_top_to_bottom(pipeline, monkeypatch):
     assert not noise, noise
     for unwanted in ("Traceback", "Warning", "IProgress", "Loading weights", "it/s]"):
         assert unwanted not in "".join(text(c) for c in cells), unwanted
+    assert "ok   device:" in text("doctor") and "=> " in text("doctor")  # the quick checks, printed, never raised
     assert "Gallica not needed" in text("downloads") and "model already" in text("downloads") and "novel already" in text("downloads")
-    assert "2c: the novel, QLoRA (merged): 34 steps" in text("monitoring") and images("monitoring") == 1
+    steps = lineage.read_metrics(project, "2c")["steps"]
+    assert f"2c: the novel, QLoRA (merged): {steps} steps" in text("monitoring") and images("monitoring") == 1
     assert images("curriculum") == 1 and images("scoreboard") == 1
     assert "| step | sample |" in text("samples")
     blocks = [o["data"]["text/markdown"] for o in cells["trying"].outputs if o.output_type == "display_data"]
     assert blocks[0].startswith("**Prompt**") and len(blocks) == 1 + 5 and blocks[4].startswith("**2c: the novel")
     assert sum(b.startswith("**Prompt**") for b in blocks) == 1  # the prompt once, not in every block
-    assert "| stage | novel ppl ↓ |" in text("scoreboard") and "| (novel) |" in text("scoreboard")
-    assert "kafka-chateau-q8_0.gguf" in text("export") and "MiB" in text("export")  # the export ran and its files are listed
+
+    # The scoreboard as two tables that fit a page, each column written with the same decimals.
+    predicts, writes = markdown_tables(text("scoreboard"))
+    assert predicts[0] == ["stage", "novel ppl ↓", "French ppl ↓", "next passage ↑"]
+    assert writes[0][:2] == ["stage", "told apart ↓ 0.5"] and [r[0] for r in writes[1:]][-2:] == ["(novel)", "(French)"]
+    assert len(writes[0]) == 10 and all(len(r) == len(t[0]) for t in (predicts, writes) for r in t)
+    for table in (predicts, writes):
+        for column in list(zip(*table[1:]))[1:]:
+            decimals = {len(m.group(1) or "") for c in column for m in [re.match(r"[\d,]+(?:\.(\d+))?", c)] if m}
+            assert len(decimals) <= 1, column
+
+    # The continuation under its own title, after the novel's last lines, its settings folded.
+    continuation, = [o["data"]["text/markdown"] for o in cells["continuation"].outputs  # (test_continuation may write 2b's)
+                     if o.output_type == "display_data" and o["data"]["text/markdown"].startswith("### Le Château, continued (2c)")]
+    assert "<details><summary>settings</summary>" in continuation
+    novel_end = (stages.folder(project, "1c") / "clean_text.txt").read_text().split()[-6:]
+    before, _, after = continuation.partition("The continuation:")
+    assert "The novel's last lines" in before and " ".join(novel_end) in before.replace("\n", " ") and after.strip().startswith(">")
+
+    # Step 4's lines as it ran, then its files in a table: size, top-1 agreement and perplexity in llama.cpp.
+    export = text("export")
+    assert export.index("4 done:") < export.index("| file | size |")  # (test_export may have exported already)
+    files = {row[0]: row for row in markdown_tables(export)[0][1:]}
+    assert files["`kafka-chateau-q8_0.gguf`"][2] == "llama.cpp" and "→" in files["`kafka-chateau-q8_0.gguf`"][4]
     assert (project / "output" / "scoreboard.json").exists()
+
+
+def test_an_unfinished_stage_is_a_line_with_its_command_not_a_quote(fresh_project):
+    from chateau import generation, monitor
+    (stage, reason), = generation.side_by_side(fresh_project[0], generation.Sampling(), model_stages=("2d",))
+    block = monitor.side_by_side_block(stage, reason)
+    assert block.startswith("**2d: ") and ">" not in block and "`python 2d_train_kafka_fullweight.py`" in block
+
+
+def test_models_released_frees_the_model_of_an_interrupted_cell():
+    """A model loaded by a function the user interrupts: the traceback the kernel keeps would hold
+    it (the function's local variables) until the next error."""
+    import weakref
+    import torch
+    from chateau import monitor
+    alive = []
+
+    def load_and_score():
+        model = torch.nn.Linear(4, 4)
+        alive.append(weakref.ref(model))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        with monitor.models_released():
+            load_and_score()
+    assert alive[0]() is None and interrupted.traceback  # the model is gone, the traceback kept
