@@ -13,32 +13,22 @@ finished (metrics.json) only once the merge is written.
 """
 from dataclasses import dataclass
 
-from chateau import qlora, stages
-from chateau.dial import DialSettings
-from chateau.cli import group, parse_settings, project_dir, run, say, setting
+from chateau import qlora, stages, training
+from chateau.cli import parse_settings, project_dir, run, say, setting
 
 
 @dataclass
-class Settings(qlora.QLoRASettings):
+class Settings(training.ImprintSettings, qlora.QLoRASettings):
     # 10 passes of the novel (every training token once per pass: the recipe rebuilds the text from
     # 1c's overlapping windows), each measured and kept (an adapter: megabytes); the dial publishes
     # the pass at the edge of overfitting (chateau/dial.py). 2 x 2 x 2048 = 8,192 tokens per step:
     # ~24 steps per pass of Le Chateau.
-    epochs: int = setting(10, "passes over the novel's training text: every training token seen once per pass")
     tokens_per_step: int = setting(8192, "tokens per optimizer step, over all processes (8k: 4 windows of 2048)")
     batch_size: int = setting(2, "windows per GPU per micro-step", identity=False)
     # The same LoRA rate as 2b: a LoRA's rates are ~10x a full-weight run's (its updates are
     # low-rank and start from zero); over 10 passes the dial, not the rate, decides how far the
     # imprint goes: a pass that recites is not published.
     lr: float = setting(2e-4, "peak learning rate (LoRA)")
-    warmup_ratio: float = setting(0.2, "linear warm-up over the first 20% of the steps")
-    eval_steps: int = setting(50, "validate every N steps (the dial also measures every pass)", identity=False)
-    save_steps: int = setting(50, "checkpoint every N steps", identity=False)
-    sample_steps: int = setting(100, "generate a sample every N steps (0 = never)", identity=False)
-    dial: DialSettings = group(DialSettings, "dial", "how each pass is measured, and the rule that picks one", identity=False)
-
-    def problems(self):
-        return super().problems() + self.dial.problems()
 
 
 def main(argv=None):

@@ -19,32 +19,20 @@ for TinyLlama in bf16), then publishes the pass the dial picks in models/2d_kafk
 """
 from dataclasses import dataclass
 
-from chateau import fullweight, stages
-from chateau.dial import DialSettings
-from chateau.cli import group, parse_settings, project_dir, run, say, setting
+from chateau import fullweight, stages, training
+from chateau.cli import parse_settings, project_dir, run, say, setting
 
 
 @dataclass
-class Settings(fullweight.FullWeightSettings):
+class Settings(training.ImprintSettings, fullweight.FullWeightSettings):
     # The run the project's first public attempt found "clearly more convincing": 512-token samples,
     # 10 passes of the novel, batch 8, peak lr 3e-5, cosine, 20% warm-up. Each pass is measured and
     # kept; the dial publishes the pass at the edge of overfitting (chateau/dial.py).
-    epochs: int = setting(10, "passes over the novel's training text: every training token seen once per pass (1c's "
-                              "windows overlap 4 times; the recipe rebuilds the text from them, so a pass is ~200k "
-                              "tokens = ~48 steps of 4,096 for Le Chateau, not a pass over the windows)")
     tokens_per_step: int = setting(4096, "tokens per optimizer step, over all processes (8 samples of 512)")
     batch_size: int = setting(8, "samples per GPU per micro-step (8 x 512 tokens fits 12 GB, as in 2a)", identity=False)
     sample_tokens: int = setting(512, "samples of this many tokens (512: fits 12 GB)")
     lr: float = setting(3e-5, "peak learning rate (full weights)")
-    warmup_ratio: float = setting(0.2, "linear warm-up over the first 20% of the steps")
     weight_decay: float = setting(0.1, "decoupled weight decay on matrices (TinyLlama's value)")
-    eval_steps: int = setting(50, "validate every N steps (the dial also measures every pass)", identity=False)
-    save_steps: int = setting(50, "checkpoint every N steps", identity=False)
-    sample_steps: int = setting(100, "generate a sample every N steps (0 = never)", identity=False)
-    dial: DialSettings = group(DialSettings, "dial", "how each pass is measured, and the rule that picks one", identity=False)
-
-    def problems(self):
-        return super().problems() + self.dial.problems()
 
 
 def main(argv=None):

@@ -33,7 +33,6 @@ import dataclasses
 import inspect
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from chateau import dial, stages
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from chateau import generation, lineage, models, prepared, stages
+from chateau import dial as dial_settings, generation, lineage, models, prepared, stages
 from chateau.cli import (Interrupted, StageError, group, is_disk_full, is_main_process, positive, project_dir, rank, save_settings, say,
                          setting, write_atomic)
 
@@ -86,6 +86,24 @@ class TrainSettings:
             out.append("--attn-implementation flash_attention_2 needs the flash-attn package: pip install flash-attn "
                        "(or use sdpa, PyTorch's own fused attention)")
         return out
+
+
+@dataclasses.dataclass
+class ImprintSettings(TrainSettings):
+    """The fields of a stage trained on the novel in passes (2c, 2d; chateau/dial.py): a recipe's
+    settings class and this one make the stage's (`class Settings(ImprintSettings, QLoRASettings)`)."""
+    epochs: int = setting(10, "passes over the novel's training text: every training token seen once per pass (1c's "
+                              "windows overlap; the recipe rebuilds the text from them, so a pass is the book's training "
+                              "tokens once, not a pass over the windows)")
+    warmup_ratio: float = setting(0.2, "linear warm-up over the first 20% of the steps")
+    eval_steps: int = setting(50, "validate every N steps (the dial also measures every pass)", identity=False)
+    save_steps: int = setting(50, "checkpoint every N steps", identity=False)
+    sample_steps: int = setting(100, "generate a sample every N steps (0 = never)", identity=False)
+    dial: dial_settings.DialSettings = group(dial_settings.DialSettings, "dial",
+                                             "how each pass is measured, and the rule that picks one", identity=False)
+
+    def problems(self):
+        return super().problems() + self.dial.problems()
 
 
 def accumulation(settings, seq_len, world):

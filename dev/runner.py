@@ -3,7 +3,6 @@ through the same `cli.run` as the command line, output captured) or in a subproc
 (`run_script`, where a signal, a kill, a lock race or DDP is the point). The one runner of the
 tests, the demo and the benchmarks."""
 import contextlib
-import importlib.util
 import io
 import os
 import subprocess

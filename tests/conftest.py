@@ -54,6 +54,21 @@ def fresh_project(inputs_dir, tmp_path):
     return dst, info
 
 
+def hashes(*folders):
+    """{file: sha256} of every file under `folders`: what "nothing finished changed" compares."""
+    import hashlib
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders if f.exists()
+            for p in sorted(f.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def project(pipeline, tmp_path):
+    """A private copy of the finished tiny project (checkpoints kept: resuming is part of the cases)."""
+    copy = tmp_path / "p"
+    shutil.copytree(pipeline[0], copy)
+    return copy
+
+
 @pytest.fixture(scope="session")
 def pipeline(inputs_dir, tmp_path_factory):
     """All six steps run once, as the demo runs them; shared by the end-to-end assertions."""

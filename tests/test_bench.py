@@ -1,5 +1,6 @@
 """The benchmarks run (tiny mode, CPU) and print the numbers they promise; no timing is asserted.
 The train bench's budget: every planned row comes back, measured or skipped with its reason."""
+import re
 import subprocess
 import sys
 
@@ -22,15 +23,32 @@ def test_prepare_bench_prints_throughputs_ratio_and_memory():
         assert label in out
 
 
+def cells(line, label):
+    """(peak GiB, tokens/s, MFU, x base, loss, note) of a table line whose configuration is `label`."""
+    peak, tps, mfu, ratio, loss, *note = line.split(label, 1)[1].split()
+    return peak, tps, mfu, ratio, loss, " ".join(note)
+
+
 def test_train_bench_runs_the_real_code_path_and_a_baseline_and_a_failure_is_a_row(tmp_path, capsys):
-    train_bench.main(["--tiny", "--steps", "4", "--only", "2a,2c", "--levers", "liger", "--out", str(tmp_path / "t.txt")])
+    # A budget no busy CPU exhausts: the budget's own paths are the tests below.
+    train_bench.main(["--tiny", "--steps", "4", "--only", "2a,2c", "--levers", "liger,bf16", "--budget-s", "3600",
+                      "--out", str(tmp_path / "t.txt")])
     out = capsys.readouterr().out
-    table = (tmp_path / "t.txt").read_text().split("stage configuration")[1].splitlines()
-    assert any(l.startswith("2c    baseline: plain Trainer + peft") for l in table)
-    for stage in ("2a", "2c"):  # on CPU there is no GPU memory to report: speed is what is measured
+    text = (tmp_path / "t.txt").read_text()
+    table = text.split("stage configuration")[1].splitlines()
+    for stage in ("2a", "2c"):  # on CPU there is no GPU memory to report: speed and the loss are what is measured
         default = next(l for l in table if l.startswith(stage) and "default" in l)
-        tokens_per_second = default.split("checkpointing)")[1].split()[1]
-        assert float(tokens_per_second) > 0, default
+        peak, tps, mfu, ratio, loss, note = cells(default, "checkpointing)")
+        assert tps != "-" and float(tps) > 0 and float(loss) > 0 and float(ratio) > 0, text  # x baseline: the baseline ran
+        baseline = next(l for l in table if l.startswith(f"{stage}    baseline: plain Trainer"))
+        peak, tps, mfu, ratio, loss, note = cells(baseline, re.search(r"baseline: .*?, bs \d+", baseline).group(0))
+        assert tps != "-" and float(tps) > 0 and float(loss) > 0, text
+        assert "paged_adamw_8bit unpaged" in note, text  # on CPU bitsandbytes does not page: the row says so
+    assert any(l.startswith("2c    baseline: plain Trainer + peft, bs 2") for l in table)
+    # --upcast-norms false on CPU, where the compute is fp32 anyway: the same numbers, the same loss.
+    default_loss = cells(next(l for l in table if l.startswith("2c") and "default" in l), "checkpointing)")[4]
+    bf16 = next(l for l in table if l.startswith("2c") and "bf16 residual stream" in l)
+    assert cells(bf16, "bf16 residual stream")[4] == default_loss, text
     liger = next(l for l in table if "liger kernels" in l)  # liger-kernel is not installed here: a row with its reason
     assert "liger" in liger.lower().split("kernels", 1)[1]
     assert not any("missing or incomplete" in l for l in table)  # a failed row never takes others down
@@ -97,3 +115,16 @@ def test_train_bench_with_its_budget_spent_at_set_up_prints_every_row_and_exits_
     table = out_file.read_text().split("stage configuration")[1].strip().splitlines()[1:]
     assert len(table) == len(PLANNED) and all("skipped: the budget is spent" in line for line in table)
     assert "set-up took" in capsys.readouterr().out
+
+
+def test_qlora_memory_the_bf16_residual_stream_is_bf16_and_smaller():
+    """`--upcast-norms false` with the GPU's bf16 compute (bench.qlora_memory runs the recipe's own
+    qlora_model so): the decoder layers' outputs are bf16 (fp32 with peft's upcast), and every
+    measured step's activation peak is lower."""
+    out = run("-m", "bench.qlora_memory", "--tiny")
+    peaks = {}
+    for upcast, dtype in (("true", "float32"), ("false", "bfloat16")):
+        lines = [l for l in out.splitlines() if l.startswith(f"--upcast-norms {upcast}: ") and "residual stream" in l]
+        assert len(lines) == 2 and all(f"residual stream {dtype}," in l for l in lines), out
+        peaks[upcast] = [float(re.search(r"activation peak ([\d.]+) MiB", l).group(1)) for l in lines]
+    assert all(0 < bf16 < fp32 for fp32, bf16 in zip(peaks["true"], peaks["false"])), peaks

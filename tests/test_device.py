@@ -1,27 +1,14 @@
 """The first GPU run works, or says in one line why not, before it touches anything: what a CPU
 machine cannot show (no GPU, a card without bf16, several GPUs without torchrun, a compile that
 fails) is simulated by monkeypatching the device queries, and each case is run as a user would."""
-import hashlib
-import shutil
 
 import pytest
 import torch
 
 from chateau import fullweight, models, stages
-from conftest import one_error_line, run_script, tiny_flags
+from conftest import hashes, one_error_line, run_script, tiny_flags
 
 TWO_A, TWO_B = stages.script_of("2a"), stages.script_of("2b")
-
-
-def hashes(folder):
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def project(pipeline, tmp_path):
-    copy = tmp_path / "p"
-    shutil.copytree(pipeline[0], copy)
-    return copy
 
 
 @pytest.fixture

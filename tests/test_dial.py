@@ -6,11 +6,10 @@ import random
 import shutil
 
 import numpy as np
-import pytest
 
 from chateau import dial, lineage, stages
 from chateau.windows import novel_train_stream, novel_windows, one_pass
-from conftest import one_error_line, run_script, tiny_flags
+from conftest import one_error_line, run_script
 
 CONTINUE, EXPORT = stages.script_of("3"), stages.script_of("4")
 SHORT = ["--new-tokens", "8", "--context-tokens", "64", "--chunk-tokens", "8"]

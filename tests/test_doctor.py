@@ -12,7 +12,7 @@ import torch
 
 from chateau import doctor, memory_plan, models, stages
 from chateau.memory_plan import GIB, TINYLLAMA_SHAPE
-from dev.runner import ROOT, script_module
+from dev.runner import ROOT
 
 Usage = namedtuple("Usage", "total used free")
 

@@ -2,7 +2,6 @@
 are one line each. Every case runs on a copy of the finished tiny project, as a user would: the
 outcome (later stages current, or one line with nothing finished changed and nothing half-written
 left) is asserted."""
-import hashlib
 import pickle
 import shutil
 import subprocess
@@ -11,23 +10,11 @@ import pytest
 import torch
 
 from chateau import lineage, stages, training
-from conftest import one_error_line, run_script, tiny_flags
+from conftest import hashes, one_error_line, run_script, tiny_flags
 
 CONTINUE, EXPORT = stages.script_of("3"), stages.script_of("4")
 SHORT = ["--new-tokens", "8", "--context-tokens", "64", "--chunk-tokens", "8"]
 CURRICULUM = ("2a", "2b", "2c")
-
-
-def hashes(*folders):
-    return {str(p.relative_to(f)): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders if f.exists()
-            for p in sorted(f.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def project(pipeline, tmp_path):
-    copy = tmp_path / "p"
-    shutil.copytree(pipeline[0], copy)
-    return copy
 
 
 def prepare_again(project, stage, *flags):

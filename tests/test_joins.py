@@ -2,7 +2,6 @@
 step 4 or the scoreboard, and no setting that was never valid destroys a finished stage. Each case
 is tried as a user would, on a copy of the finished tiny project; each test asserts the outcome
 (nothing finished touched, the wrong model never used, or one clear line)."""
-import hashlib
 import json
 import pickle
 import shutil
@@ -12,25 +11,12 @@ import torch
 
 from chateau import lineage, scoreboard, stages
 from chateau.cli import run
-from conftest import fixtures, one_error_line, run_script, tiny_flags
+from conftest import hashes, one_error_line, run_script, tiny_flags
 from dev.runner import scoreboard_settings
 
 TWO_A, TWO_B, TWO_C = (stages.script_of(s) for s in ("2a", "2b", "2c"))
 CONTINUE, EXPORT = stages.script_of("3"), stages.script_of("4")
 SHORT = ["--new-tokens", "12", "--context-tokens", "64", "--chunk-tokens", "12"]  # a short continuation
-
-
-def hashes(*folders):
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders if f.exists()
-            for p in sorted(f.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def project(pipeline, tmp_path):
-    """A private copy of the finished tiny project (checkpoints kept: resuming is part of the cases)."""
-    copy = tmp_path / "p"
-    shutil.copytree(pipeline[0], copy)
-    return copy
 
 
 # -- A stage is finished only when all of it is: 2c's training and its merge.

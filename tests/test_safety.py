@@ -114,7 +114,7 @@ def test_two_prepare_runs_at_once_one_refuses_the_other_completes(fresh_project)
         refused = run_script(project, "1a_prepare_gallica_fullweight.py", *flags, check=False)
     finally:
         os.kill(first.pid, signal.SIGCONT)
-    (out, err), code = first.communicate(timeout=180), first.returncode
+    (_, err), code = first.communicate(timeout=180), first.returncode
     assert code == 0, err[-2000:]
     one_error_line(refused, "already running")
     assert str(first.pid) in refused.stderr
