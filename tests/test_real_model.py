@@ -78,7 +78,9 @@ def test_every_step_runs_on_the_real_model_and_2c_learns(real_project, tmp_path,
                "--optimizer", "adamw_torch")
     run_script(project, "2b_train_gallica_QLoRA.py", *TRAIN, "--max-steps", "1", "--lr", "1e-4", "--lora-r", "8",
                "--lora-alpha", "16")
-    run_script(project, "2c_train_kafka_QLoRA.py", *TRAIN, "--max-steps", "4", "--lr", "2e-3")
+    # The dial measures the end of its (cut short) pass on 64-token rows: 16-token prefixes and suffixes.
+    run_script(project, "2c_train_kafka_QLoRA.py", *TRAIN, "--max-steps", "4", "--lr", "2e-3", "--dial-positions", "4",
+               "--dial-prefix", "16", "--dial-suffix", "16", "--dial-samples", "0")
     metrics = json.loads((stages.folder(project, "2c") / "metrics.json").read_text())
     own = "eval_1c_kafka_loss"
     assert metrics["validation_loss_end"][own] < metrics["validation_loss_start"][own], metrics  # it learns the novel

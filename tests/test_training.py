@@ -247,9 +247,9 @@ def test_cuda_out_of_memory_names_the_settings_to_lower(pipeline, tmp_path, monk
     assert "out of memory at --batch-size 8" in error.value.message and "(training)" in error.value.message
     assert "rerun the same command with --batch-size 4" in error.value.message and "resumes" in error.value.message
     # The final validation (after the last step) runs out of memory: the same advice, saying where.
-    monkeypatch.setattr(training.CurriculumTrainer, "train", lambda *args, **kwargs: None)
+    start = tmp_path / stages.stage("2a").output / "eval_start.json"
+    monkeypatch.setattr(training.CurriculumTrainer, "train", lambda *args, **kwargs: start.write_text("{}"))
     monkeypatch.setattr(training, "finish", out_of_memory)
-    (tmp_path / stages.stage("2a").output / "eval_start.json").write_text("{}")
     with pytest.raises(StageError) as error:
         training.fit(settings, run, model, AutoTokenizer.from_pretrained(project / stages.BASE_MODEL),
                      data["train"], {"1a": data["validation"]})
