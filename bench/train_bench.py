@@ -6,11 +6,14 @@
 Builds the real TinyLlama_v1.1 shape from config (hidden 2048, 22 layers, 32 heads / 4 KV heads,
 intermediate 5632, vocab 32000, 2048 positions; random bf16 weights: no download) in a scratch
 project with synthetic prepared data, then runs the train scripts themselves (2a at 512 tokens,
-2b and 2c at 2048 with the 4-bit base and LoRA) for --steps steps per variant, and a plain HF
-Trainer (+ peft for 2b/2c) with default settings at the same shapes as the baseline
-(bench/plain_trainer.py). Prints per
-run: peak memory (torch.cuda.max_memory_reserved), tokens/s after warm-up, MFU, ratio to the
-baseline. --memory-cap-gib caps each run (bench/capped.py) so a big card behaves like a 12 GB one.
+2b and 2c at 2048 with the 4-bit base and LoRA) for --steps steps per variant, and as the
+baseline what a competent user writes for 12 GB (bench/plain_trainer.py): a plain HF Trainer with
+bf16=True, paged 8-bit AdamW and gradient checkpointing (+ peft's default 4-bit LoRA for 2b/2c) at
+the same shapes. Prints per run: peak memory (torch.cuda.max_memory_reserved), tokens/s after
+warm-up, MFU, ratio to the baseline, and the training loss of the last step (same data and seed
+in every row of a stage at the same batch: a lever that changes the numerics shows it there; the
+baseline trains at the Trainer's default learning rate, so its loss is not one to compare).
+--memory-cap-gib caps each run (bench/capped.py) so a big card behaves like a 12 GB one.
 
 MFU = tokens/s x FLOPs per token / peak FLOP/s. FLOPs per token (forward + backward, PaLM's
 count): full weights 6N + 12·L·d·T; LoRA on a frozen base 4N + 12·L·d·T (no weight gradients for
@@ -20,6 +23,7 @@ of gradient checkpointing is not counted (MFU, not HFU).
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -48,10 +52,15 @@ VARIANTS = [
     ("2a", "torch.compile", ["--torch-compile"]),
     ("2a", "liger kernels", ["--liger-kernel"]),       # needs `pip install liger-kernel`: a row with its reason if not
     ("2b", "default (bs 2, checkpointing)", []),
+    # The residual stream in bf16: no fp32 norms, embedding and head (peft's upcast), as Unsloth does;
+    # the loss column shows whether it changes what is learned.
+    ("2b", "bf16 residual stream", ["--upcast-norms", "false"]),
     ("2b", "bs 4", ["--batch-size", "4"]),
+    ("2b", "bs 4, bf16 residual stream", ["--batch-size", "4", "--upcast-norms", "false"]),
     ("2b", "no checkpointing, bs 1", ["--gradient-checkpointing", "false", "--batch-size", "1"]),
     ("2b", "liger kernels", ["--liger-kernel"]),
     ("2c", "default (bs 2, checkpointing)", []),
+    ("2c", "bf16 residual stream", ["--upcast-norms", "false"]),  # continuing an adapter trained with fp32 norms
 ]
 
 
@@ -73,11 +82,18 @@ def flops_per_step(shape, stage):
 
 
 def build_project(project, shape, n_train):
-    """A scratch project: model (random weights at `shape`), 2a output, prepared data for 1a/1b/1c."""
+    """A scratch project: model (random weights at `shape`), 2a output, prepared data for 1a/1b/1c
+    written as the prepare steps write it (their Settings, PreparedWriter's manifest). 1c's windows
+    are cut from a random token stream of ~`n_train` samples exactly as 1c cuts the novel's (2c
+    rebuilds the text from them and trains on it in passes), with the text decoded beside them."""
+    import random
+
     import numpy as np
     import torch
-    from datasets import Dataset, DatasetDict
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from chateau import prepared, windows
+    from dev.runner import script_module
     base = project / stages.BASE_MODEL
     tokenizer = fixtures.build_tokenizer(base)
     model = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2))
@@ -87,20 +103,29 @@ def build_project(project, shape, n_train):
     tokenizer.save_pretrained(two_a)
     (two_a / "metrics.json").write_text("{}")
     rng = np.random.default_rng(0)
+    identity = {"inputs": {"tokenizer": models.tokenizer_fingerprint(tokenizer)}}
     for stage, seq in (("1a", 512), ("1b", 2048), ("1c", 2048)):
-        ids = lambda n: rng.integers(3, len(tokenizer), size=(n, seq), dtype=np.int32).tolist()
-        out = stages.folder(project, stage)
-        DatasetDict({"train": Dataset.from_dict({"input_ids": ids(n_train)}),
-                     "validation": Dataset.from_dict({"input_ids": ids(4)})}).save_to_disk(str(out))
-        (out / "manifest.json").write_text(json.dumps({"settings": {"seq_len": seq}, "identity": {
-            "inputs": {"tokenizer": models.tokenizer_fingerprint(tokenizer)}}}))
+        settings = script_module(stages.script_of(stage)).Settings(seq_len=seq)
+        with prepared.PreparedWriter(stages.folder(project, stage)) as writer:
+            if stage == stages.NOVEL_DATA:
+                ids = rng.integers(3, len(tokenizer), size=(n_train + 2) * seq, dtype=np.int32)
+                train, held_out = windows.novel_windows(len(ids), seq, settings.stride, settings.validation_fraction)
+                random.Random(settings.seed).shuffle(train)
+                writer.add("train", np.stack([ids[s:s + seq] for s in train]))
+                writer.add("validation", np.stack([ids[s:s + seq] for s in held_out]))
+                writer.add_text("clean_text.txt", tokenizer.decode(ids.tolist()))
+                counts = {"tokens": len(ids), "train_windows": len(train), "validation_windows": len(held_out)}
+            else:
+                writer.add("train", rng.integers(3, len(tokenizer), size=(n_train, seq), dtype=np.int32))
+                writer.add("validation", rng.integers(3, len(tokenizer), size=(4, seq), dtype=np.int32))
+                counts = {"train": n_train, "validation": 4}
+            writer.publish(settings, {"identity": identity, "counts": counts})
 
 
 def scratch_copy(prepared_project, scratch, stage=None):
     """A variant's own project: the prepared starting point hard-linked (instant, no disk), without
     the folder the variant writes (its files would be truncated in place through the links), so no
     variant can damage the starting point or another variant."""
-    import os
     import shutil
     shutil.rmtree(scratch, ignore_errors=True)
     own = stages.folder(prepared_project, stage) if stage else None
@@ -109,8 +134,15 @@ def scratch_copy(prepared_project, scratch, stage=None):
     return scratch
 
 
+def last_training_loss(project, stage):
+    """The training loss of a step's last logged step (its TensorBoard logs), or None."""
+    from chateau import monitor
+    points = monitor.read_scalars(project / "runs" / stages.stage(stage).run_name).get("train/loss")
+    return points[-1][1] if points else None
+
+
 def run_stage(project, stage, flags, steps, cap):
-    """One run of a train script; returns (tokens/s after warm-up, peak GiB, note)."""
+    """One run of a train script; returns (tokens/s after warm-up, peak GiB, note, last training loss)."""
     batch = next((int(flags[i + 1]) for i, f in enumerate(flags) if f == "--batch-size"), DEFAULT_BATCH[stage])
     # One micro-step per optimizer step: the row's batch is what is measured.
     common_flags = [*profile("bench", stage), "--max-steps", str(steps), "--tokens-per-step", str(batch * SEQ[stage])]
@@ -118,15 +150,16 @@ def run_stage(project, stage, flags, steps, cap):
                      python=(sys.executable, "-m", "bench.capped", str(cap or 0)))
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines() or ["failed"]
-        return None, None, "out of memory" if "out of memory" in out.stderr.lower() else lines[-1][:100]
+        return None, None, "out of memory" if "out of memory" in out.stderr.lower() else lines[-1][:100], None
     metrics = json.loads((stages.folder(project, stage) / "metrics.json").read_text())
     tps = training.tokens_per_second(metrics["step_end_times"], metrics["tokens_per_step"], warmup=max(2, steps // 4))
-    return tps, metrics["peak_memory_gib"] if metrics["device"] == "cuda" else None, ""
+    return tps, metrics["peak_memory_gib"] if metrics["device"] == "cuda" else None, "", last_training_loss(project, stage)
 
 
 def run_baseline(project, stage, batch_size, steps, cap):
-    """The plain recipe a user would write (bench/plain_trainer.py), in its own process. Out of
-    memory under the cap: recorded, then retried at half the batch until one fits."""
+    """The plain recipe a user writes for 12 GB (bench/plain_trainer.py), in its own process; returns
+    (batch size, tokens/s, peak GiB, note, last training loss). Out of memory under the cap:
+    recorded, then retried at half the batch until one fits."""
     notes = []
     while batch_size >= 1:
         out = subprocess.run([sys.executable, "-m", "bench.plain_trainer", str(project), stage, str(batch_size), str(steps),
@@ -137,10 +170,11 @@ def run_baseline(project, stage, batch_size, steps, cap):
             batch_size //= 2
             continue
         if not lines:
-            return batch_size, None, None, "; ".join(notes + [(out.stderr.strip().splitlines() or ["failed"])[-1][:100]])
-        tps, peak = json.loads(lines[0][7:])
-        return batch_size, tps, peak, "; ".join(notes)
-    return 0, None, None, "; ".join(notes)
+            return batch_size, None, None, "; ".join(notes + [(out.stderr.strip().splitlines() or ["failed"])[-1][:100]]), None
+        result = json.loads(lines[0][len("RESULT "):])
+        note = "; ".join(notes + ([result["note"]] if result["note"] else []))
+        return batch_size, result["tokens_per_second"], result["peak_gib"], note, result["loss"]
+    return 0, None, None, "; ".join(notes), None
 
 
 def plan(chosen, lever_filter=""):
@@ -161,6 +195,7 @@ class Row(NamedTuple):
     tokens_per_second: float | None
     peak_gib: float | None
     note: str
+    loss: float | None = None  # the training loss of the last step
 
 
 def estimate_seconds(stage, took, cost):
@@ -199,13 +234,14 @@ def run_rows(planned, deadline, measure, cost, clock=time.time, after_row=None):
 
 
 def format_rows(rows, shape, peak_flops):
-    lines = [f"{'stage':5} {'configuration':38} {'peak GiB':>8} {'tokens/s':>9} {'MFU':>6} {'x base':>6}  note"]
-    for stage, label, tps, peak, note in rows:
-        base_tps = next((r[2] for r in rows if r[0] == stage and r[1].startswith("baseline")), None)
+    lines = [f"{'stage':5} {'configuration':38} {'peak GiB':>8} {'tokens/s':>9} {'MFU':>6} {'x base':>6} {'loss':>7}  note"]
+    for stage, label, tps, peak, note, loss in rows:
+        base_tps = next((r.tokens_per_second for r in rows if r.stage == stage and r.label.startswith("baseline")), None)
         mfu = tps * flops_per_token(shape, SEQ[stage], lora(stage)) / peak_flops if tps and peak_flops else None
         cell = lambda x, spec, width: format(x, spec) if x is not None else "-".rjust(width)
         lines.append(f"{stage:5} {label:38} {cell(peak, '8.2f', 8)} {cell(tps, '9.0f', 9)} "
-                     f"{cell(mfu and 100 * mfu, '5.1f', 5)}% {cell(tps and base_tps and tps / base_tps, '6.2f', 6)}  {note}")
+                     f"{cell(mfu and 100 * mfu, '5.1f', 5)}% {cell(tps and base_tps and tps / base_tps, '6.2f', 6)} "
+                     f"{cell(loss, '7.4f', 7)}  {note}")
     return "\n".join(lines)
 
 
@@ -226,6 +262,8 @@ def main(argv=None):
     began = time.time()
     deadline = began + args.budget_s
     cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ["KAFKA_DEVICE"] = "cpu"  # the steps never fall back to the CPU unless asked: the bench asks
     shape = TINY if args.tiny else REAL
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     peak_flops = next((v for k, v in PEAKS.items() if k in device), None)
@@ -259,8 +297,8 @@ def main(argv=None):
         # A baseline reads 2a's model and writes only its own folder; a step writes its stage's.
         project = scratch_copy(prepared_project, work / "variant", stage if flags is not None else None)
         if flags is None:
-            bs, tps, peak, note = run_baseline(project, stage, DEFAULT_BATCH[stage], args.steps, args.memory_cap_gib)
-            return Row(stage, f"baseline: plain Trainer{' + peft' if lora(stage) else ''}, bs {bs}", tps, peak, note)
+            bs, tps, peak, note, loss = run_baseline(project, stage, DEFAULT_BATCH[stage], args.steps, args.memory_cap_gib)
+            return Row(stage, f"baseline: plain Trainer{' + peft' if lora(stage) else ''}, bs {bs}", tps, peak, note, loss)
         return Row(stage, label, *run_stage(project, stage, flags, args.steps, args.memory_cap_gib))
 
     def write_table(rows):

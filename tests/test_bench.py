@@ -31,12 +31,13 @@ def cells(line, label):
 
 def test_train_bench_runs_the_real_code_path_and_a_baseline_and_a_failure_is_a_row(tmp_path, capsys):
     # A budget no busy CPU exhausts: the budget's own paths are the tests below.
-    train_bench.main(["--tiny", "--steps", "4", "--only", "2a,2c", "--levers", "liger,bf16", "--budget-s", "3600",
+    # 2a and 2b: the two recipes (2c is 2b's recipe continued, and would need a 2b adapter made first).
+    train_bench.main(["--tiny", "--steps", "4", "--only", "2a,2b", "--levers", "liger,bf16", "--budget-s", "3600",
                       "--out", str(tmp_path / "t.txt")])
     out = capsys.readouterr().out
     text = (tmp_path / "t.txt").read_text()
     table = text.split("stage configuration")[1].splitlines()
-    for stage in ("2a", "2c"):  # on CPU there is no GPU memory to report: speed and the loss are what is measured
+    for stage in ("2a", "2b"):  # on CPU there is no GPU memory to report: speed and the loss are what is measured
         default = next(l for l in table if l.startswith(stage) and "default" in l)
         peak, tps, mfu, ratio, loss, note = cells(default, "checkpointing)")
         assert tps != "-" and float(tps) > 0 and float(loss) > 0 and float(ratio) > 0, text  # x baseline: the baseline ran
@@ -44,10 +45,10 @@ def test_train_bench_runs_the_real_code_path_and_a_baseline_and_a_failure_is_a_r
         peak, tps, mfu, ratio, loss, note = cells(baseline, re.search(r"baseline: .*?, bs \d+", baseline).group(0))
         assert tps != "-" and float(tps) > 0 and float(loss) > 0, text
         assert "paged_adamw_8bit unpaged" in note, text  # on CPU bitsandbytes does not page: the row says so
-    assert any(l.startswith("2c    baseline: plain Trainer + peft, bs 2") for l in table)
+    assert any(l.startswith("2b    baseline: plain Trainer + peft, bs 2") for l in table)
     # --upcast-norms false on CPU, where the compute is fp32 anyway: the same numbers, the same loss.
-    default_loss = cells(next(l for l in table if l.startswith("2c") and "default" in l), "checkpointing)")[4]
-    bf16 = next(l for l in table if l.startswith("2c") and "bf16 residual stream" in l)
+    default_loss = cells(next(l for l in table if l.startswith("2b") and "default" in l), "checkpointing)")[4]
+    bf16 = next(l for l in table if l.startswith("2b") and l.split(None, 1)[1].startswith("bf16 residual stream"))
     assert cells(bf16, "bf16 residual stream")[4] == default_loss, text
     liger = next(l for l in table if "liger kernels" in l)  # liger-kernel is not installed here: a row with its reason
     assert "liger" in liger.lower().split("kernels", 1)[1]
@@ -125,6 +126,6 @@ def test_qlora_memory_the_bf16_residual_stream_is_bf16_and_smaller():
     peaks = {}
     for upcast, dtype in (("true", "float32"), ("false", "bfloat16")):
         lines = [l for l in out.splitlines() if l.startswith(f"--upcast-norms {upcast}: ") and "residual stream" in l]
-        assert len(lines) == 2 and all(f"residual stream {dtype}," in l for l in lines), out
+        assert len(lines) == 1 and f"residual stream {dtype}," in lines[0], out
         peaks[upcast] = [float(re.search(r"activation peak ([\d.]+) MiB", l).group(1)) for l in lines]
     assert all(0 < bf16 < fp32 for fp32, bf16 in zip(peaks["true"], peaks["false"])), peaks
