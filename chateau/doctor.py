@@ -1,6 +1,6 @@
 """What this machine can do for each stage at its defaults: one line per check, `ok` or the
 problem and its fix. Run it before the first step (the container runs the quick form at start,
-`docker logs kafka` shows it; the notebook's first cell runs the full one):
+`docker logs kafka` shows it; the notebook's first cell runs the quick one too):
 
     python -m chateau.doctor            # everything, with the model probes (~10-60 s)
     python -m chateau.doctor --quick    # GPU, driver, memory, disk, RAM only (no probes; ~2 s)
