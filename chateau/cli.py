@@ -44,12 +44,15 @@ KNOWN_WARNINGS = (
 )
 
 
-def quiet():
-    """A step's (and the notebook's) output without the libraries' noise: no progress bars (transformers'
-    "Loading weights", datasets', the hub's) and none of the known deprecation warnings above.
-    Call it before importing them: the bars read their switches at import."""
-    os.environ["TQDM_DISABLE"] = "1"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+def quiet(training_bar=True):
+    """A step's (and the notebook's) output without the libraries' noise: no loading bars
+    (transformers' "Loading weights", the hub's) and none of the known deprecation warnings above;
+    the training's own progress bar stays in a terminal (`training_bar=False`, the notebook: no
+    bar at all). Call it before importing them: the bars read their switches at import."""
+    if not training_bar:
+        os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # transformers' own bars read this switch too
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # datasets' "Saving the dataset" bars
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     for message in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message)

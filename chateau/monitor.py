@@ -16,13 +16,19 @@ import traceback
 from pathlib import Path
 
 from chateau import stages
-from chateau.cli import quiet  # noqa: F401  (the notebook's first cell calls monitor.quiet())
+from chateau import cli
 
 # One colour per validation set, the same in every plot (by prepare stage); training loss in black.
 COLOURS = dict(zip(stages.PREPARE_STAGES, ("tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange")))
 # Characters that Markdown would read as markup in a model's text: escaped wherever text is shown.
 MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>#|"})
 SMOOTH_ABOVE = 30  # logged training-loss points beyond which the curve is smoothed (the raw one stays, faint)
+
+def quiet():
+    """The notebook's first cell: the libraries' noise off (chateau.cli.quiet), and no progress bar
+    at all (a bar's carriage returns turn into lines in a notebook's output)."""
+    cli.quiet(training_bar=False)
+
 
 def read_scalars(log_dir):
     """{tag: [(step, value), ...]} from every event file under `log_dir`."""

@@ -431,6 +431,7 @@ def training_arguments(settings, output_dir, evaluate_first, grad_accum, optim="
         report_to="none", seed=settings.seed, data_seed=settings.seed, eval_on_start=evaluate_first,
         ddp_find_unused_parameters=False, dataloader_num_workers=0,
         torch_compile=settings.torch_compile and cuda, use_liger_kernel=settings.liger_kernel,
+        disable_tqdm=False,  # the progress bar in a terminal (the verbosity that hides warnings would turn it off)
     ))
 
 
