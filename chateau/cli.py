@@ -61,6 +61,18 @@ def quiet(training_bar=True):
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
+def close_progress_bars():
+    """End the progress bars a failure left open, so that the one error line starts a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
+
+
+def size(n_bytes):
+    """Bytes for people: "1.24 GiB", or "3.1 MiB" below a tenth of a GiB."""
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 / 10 else f"{n_bytes / 2**20:.1f} MiB"
+
+
 def run(main, argv=None):
     """Entry point of every script: `main(argv)` (argv None: the command line); a StageError
     becomes one clear line and exit code 2; a clean stop on a signal says where the work was saved
@@ -68,6 +80,7 @@ def run(main, argv=None):
     try:
         main(argv)
     except StageError as error:
+        close_progress_bars()
         print(f"error: {error.message}", file=sys.stderr)
         raise SystemExit(2)
     except Interrupted as stop:
@@ -82,6 +95,7 @@ def run(main, argv=None):
         fix = DISK_FIXES.get(error.errno)
         if fix is None:
             raise
+        close_progress_bars()
         print(f"error: {error.strerror} writing {error.filename or 'the project folder'}: {fix}", file=sys.stderr)
         raise SystemExit(2)
 

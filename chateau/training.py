@@ -21,7 +21,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from chateau import dial as dial_settings, generation, lineage, models, prepared, stages
-from chateau.cli import (Interrupted, StageError, group, is_disk_full, is_main_process, positive, project_dir, rank, save_settings, say,
+from chateau.cli import (Interrupted, StageError, group, is_disk_full, size, is_main_process, positive, project_dir, rank, save_settings, say,
                          setting, write_atomic)
 
 
@@ -179,7 +179,7 @@ def disk_full_error(stage, output_dir, model, what="checkpoint"):
         needed = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     free = shutil.disk_usage(output_dir).free
     return StageError(f"disk full: {stage} could not write its {what} in {output_dir} (a checkpoint needs "
-                      f"~{needed / 2**30:.2f} GiB, {free / 2**30:.2f} GiB free there; the incomplete one was removed): "
+                      f"~{size(needed)}, {size(free)} free there; the incomplete one was removed): "
                       f"free some disk space (or keep fewer checkpoints: --save-total-limit 1), then rerun the same "
                       f"command: it resumes from {complete or 'the start (no complete checkpoint yet)'}")
 
