@@ -24,7 +24,7 @@ stage's published model (its weights in the stage folder, merged for a merged st
 step 4, the scoreboard and the notebook use it without being told.
 
     python -m chateau.dial --stage 2d                  # the passes, their figures, the chosen one
-    python -m chateau.dial --stage 2d --pass-number 7        # publish pass 7 instead (outputs made from
+    python -m chateau.dial --stage 2d --pass-number 7   # publish pass 7 instead (outputs made from
                                                         # the previous choice are then stale)
 """
 import dataclasses
@@ -128,9 +128,8 @@ def publish(project, name, number, metrics):
     for config in ("adapter_config.json", "config.json", "generation_config.json"):
         if (source / config).exists():
             shutil.copy2(source / config, folder / config)
-    losses = record["validation_loss"]
-    primary = f"eval_{stages.stage(stages.stage(name).data).run_name}_loss"
-    changed = {"published_pass": number, "validation_loss_end": losses, "perplexity_end": math.exp(losses[primary])}
+    changed = {"published_pass": number, "validation_loss_end": record["validation_loss"],
+               "perplexity_end": math.exp(novel_loss(record))}
     metrics.update(changed)
     return changed
 
