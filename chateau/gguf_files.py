@@ -3,18 +3,20 @@
 In: a GGUF model (as llama.cpp, Ollama and many downloads ship them) -> an ordinary safetensors
 folder that every step can start from (transformers reads GGUF and dequantizes it to float).
 
-Out (step 4): a trained Llama-architecture model folder -> one GGUF file per type, f16 or q8_0,
-with what llama.cpp needs to run it alone: the tensors under llama.cpp's names (Q and K rows
-permuted as llama.cpp's rotary embedding expects), the hyperparameters (context, rope, norm),
-and the tokenizer: Llama's SentencePiece-style BPE ("llama") or a byte-level BPE ("gpt2"), with
-merges, token types and special tokens."""
+Out (step 4): a trained Llama- or Mistral-architecture model folder -> one GGUF file per type,
+f16 or q8_0, under llama.cpp's `llama` architecture (Mistral's layers are Llama's), with what
+llama.cpp needs to run it alone: the tensors under llama.cpp's names (Q and K rows permuted as
+llama.cpp's rotary embedding expects), the hyperparameters (context, rope, norm), and the
+tokenizer: Llama's SentencePiece-style BPE ("llama", its <0x..> byte tokens typed BYTE) or a
+byte-level BPE ("gpt2"), with merges, token types and special tokens. A sliding window (Mistral's)
+that llama.cpp's `llama` architecture does not have caps the file's context at the window."""
 import contextlib
 import json
 import re
 import shutil
 from pathlib import Path
 
-from chateau.cli import StageError
+from chateau.cli import StageError, say
 
 
 def read_gguf(gguf_path, dtype="float32"):
@@ -107,6 +109,17 @@ def _space_prefix(spec):
     return metaspace.group(1) != "never" if metaspace else '"add_prefix_space": true' in text
 
 
+def _token_type(i, token, tokenizer, by_id, special):
+    """llama.cpp's type of token `i`: a byte-fallback token <0xNN> is BYTE (llama.cpp writes a
+    character its pieces lack with them, and decodes them to that byte) before anything else, as
+    llama.cpp's converter decides; then unknown, control (special), normal."""
+    if i not in by_id:
+        return _TOKEN_UNUSED
+    if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+        return _TOKEN_BYTE
+    return _TOKEN_UNKNOWN if i == tokenizer.unk_token_id else _TOKEN_CONTROL if i in special else _TOKEN_NORMAL
+
+
 def _tokenizer_fields(tokenizer, vocab_size):
     """(model, pre, tokens, scores, types, merges, space_prefix) as llama.cpp's GGUF spells a tokenizer."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -130,18 +143,49 @@ def _tokenizer_fields(tokenizer, vocab_size):
         token = by_id.get(i, f"[PAD{i}]")
         tokens.append(token)
         scores.append(0.0 if i in special else -float(rank.get(token, len(merges) + i)))
-        types.append(_TOKEN_UNUSED if i not in by_id else _TOKEN_UNKNOWN if i == tokenizer.unk_token_id
-                     else _TOKEN_CONTROL if i in special else _TOKEN_BYTE if re.fullmatch(r"<0x[0-9A-F]{2}>", token)
-                     else _TOKEN_NORMAL)
+        types.append(_token_type(i, token, tokenizer, by_id, special))
     if byte_level:
         return ("gpt2", _byte_level_pre(spec.get("pre_tokenizer"))), tokens, scores, types, merges, False
     return ("llama", None), tokens, scores, types, merges, _space_prefix(spec)
 
 
+# The model types written under llama.cpp's `llama` architecture: Mistral (MistralForCausalLM) is
+# Llama's layers with GQA and a sliding window, converted as Llama by llama.cpp's own converter.
+ARCHITECTURES = ("llama", "mistral")
+
+
+def gguf_context(config):
+    """What the GGUF's context is and why, for a model's `config` (a transformers config, a
+    config.json's dict, or the model folder): {"context_length": written in the file,
+    "max_position_embeddings", "sliding_window" (None without one), "capped_at_sliding_window"}.
+    A sliding window shorter than the positions (Mistral-7B-v0.1: 4096 of 32768) caps the context at
+    the window: llama.cpp's `llama` architecture attends fully, which over at most `sliding_window`
+    tokens is exactly the model's own attention, and beyond them would differ from it."""
+    if isinstance(config, (str, Path)):
+        config = json.loads((Path(config) / "config.json").read_text())
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    positions, window = get("max_position_embeddings"), get("sliding_window")
+    capped = window is not None and positions is not None and window < positions
+    return {"context_length": window if capped else positions, "max_position_embeddings": positions,
+            "sliding_window": window, "capped_at_sliding_window": capped}
+
+
+def sliding_window_line(context):
+    """The line step 4 says when gguf_context capped the context (None when it did not)."""
+    if not context["capped_at_sliding_window"]:
+        return None
+    window = context["sliding_window"]
+    return (f"4: the model's sliding window is {window} tokens (of its {context['max_position_embeddings']} positions); "
+            f"llama.cpp's llama architecture attends fully, so the GGUF's context is {window} tokens "
+            f"(beyond them, it would differ from the model)")
+
+
 def export_gguf(model_dir, out_path, kind, name):
-    """`model_dir` (a Llama-architecture model + tokenizer) -> `out_path`, a GGUF of `kind` (f16:
-    every matrix in float16; q8_0: every matrix in 8-bit blocks of 32, norms in float32). The
-    caller gives a staging path and publishes it once the file has passed its checks."""
+    """`model_dir` (a Llama- or Mistral-architecture model + tokenizer) -> `out_path`, a GGUF of
+    `kind` (f16: every matrix in float16; q8_0: every matrix in 8-bit blocks of 32, norms in
+    float32), under llama.cpp's `llama` architecture, its context as gguf_context says (a sliding
+    window caps it, said in one line). The caller gives a staging path and publishes it once the
+    file has passed its checks."""
     import gguf
     import numpy as np
     import torch
@@ -149,18 +193,22 @@ def export_gguf(model_dir, out_path, kind, name):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    if config.model_type != "llama":
-        raise StageError(f"{model_dir} is a {config.model_type} model: only the Llama architecture exports here")
+    if config.model_type not in ARCHITECTURES:
+        raise StageError(f"{model_dir} is a {config.model_type} model: only the Llama and Mistral architectures export here")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False)
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
     rope = (getattr(config, "rope_parameters", None) or {}).get("rope_theta") or getattr(config, "rope_theta", 10000.0)
     (model_type, pre), tokens, scores, types, merges, space_prefix = _tokenizer_fields(tokenizer, config.vocab_size)
+    context = gguf_context(config)
+    line = sliding_window_line(context)
+    if line:
+        say(line)
 
     writer = gguf.GGUFWriter(out_path, "llama")
     writer.add_name(name)
-    writer.add_context_length(config.max_position_embeddings)
+    writer.add_context_length(context["context_length"])
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)

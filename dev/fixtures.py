@@ -3,6 +3,11 @@
 - `models/TinyLlama_v1.1/`: a LlamaForCausalLM of TinyLlama's family (GQA, SwiGLU, RMSNorm,
   RoPE, untied head) shrunk to hidden 64, and a SentencePiece-style BPE tokenizer (Metaspace,
   <unk>/<s>/</s> at ids 0/1/2 like Llama's) trained on French text written below.
+- `models/Mistral-7B-v0.1/` (build_mistral, not part of build_project): a MistralForCausalLM of
+  Mistral-7B's family (GQA 4:1, sliding window 4096 over 32768 positions, untied head) shrunk to
+  hidden 128, and a tokenizer of its own as Mistral's is: SentencePiece-style BPE with byte
+  fallback, the 256 byte tokens <0x00>..<0xFF> at ids 3..258, trained without a few characters
+  ("œ", "—", "’") that it can then only write in bytes.
 - `datasets/French-PD-Books/`: parquet files with Gallica's schema and its noise (running heads,
   page numbers, "Source gallica.bnf.fr / BnF" lines, line-end hyphens, long s, low-OCR books,
   an English book, a tiny book). Each book carries a unique marker word so tests can trace it.
@@ -11,6 +16,7 @@
 
     python -m dev.fixtures /tmp/kafka-demo      # builds all three into a project folder
 """
+import json
 import random
 import sys
 from pathlib import Path
@@ -110,6 +116,78 @@ def build_model(out_dir, vocab_size=512, seed=0):
     model = LlamaForCausalLM(config)
     model.save_pretrained(out_dir)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# A Mistral-architecture base model, beside the TinyLlama one: Mistral-7B-v0.1's layout shrunk.
+MISTRAL_MODEL = "models/Mistral-7B-v0.1"
+BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+# Characters of the French text left out of the Mistral tokenizer's training text: they are in no
+# piece of its vocabulary, so it writes them in byte tokens (as Mistral's own does with rare ones).
+MISTRAL_BYTE_ONLY = "œ—’"
+MISTRAL_QK_SCALE = 4.0
+
+
+def build_mistral_tokenizer(out_dir, vocab_size=640):
+    """Mistral's kind of tokenizer trained here: SentencePiece-style BPE over Metaspace ("▁") pieces
+    with byte fallback, <unk>/<s>/</s> at ids 0/1/2 and the 256 byte tokens <0x00>..<0xFF> at ids
+    3..258 (in the model's vocabulary, not added tokens, as in Mistral's tokenizer.json), then the
+    learned pieces. Saved as a LlamaTokenizer with BOS added, as Mistral-7B-v0.1's folder is: the
+    transformers tokenizer rebuilds its pipeline (Metaspace "first", no split; ByteFallback decoder)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaTokenizer
+
+    text = french_corpus() + "\n" + " ".join(marker_word(i) for i in range(40)) + " 0123456789 -–[]()«»;:!?.,'"
+    text = text.translate({ord(c): " " for c in MISTRAL_BYTE_ONLY})
+    trained = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    # Pieces never cross a word's "▁" (SentencePiece's split_by_whitespace); no newline in the
+    # alphabet: "\n" is the byte token <0x0A>, as in Mistral's vocabulary.
+    trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", *BYTE_TOKENS],
+                                  show_progress=False)
+    trained.train_from_iterator(text.splitlines() * 3, trainer=trainer)
+    model = json.loads(trained.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    wrapped = LlamaTokenizer(vocab=model["vocab"], merges=merges, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                             add_bos_token=True, add_eos_token=False, model_max_length=32768)
+    wrapped.save_pretrained(out_dir)
+    return wrapped
+
+
+def build_mistral_model(out_dir, vocab_size=640, seed=0, sliding_window=4096, max_position_embeddings=32768):
+    """Mistral-7B-v0.1's architecture (32 layers, hidden 4096, 32 heads / 8 KV heads, 14336,
+    sliding window 4096 over 32768 positions) shrunk: 4 heads of 32 / 1 KV head (GQA 4:1), MLP 3.5 x
+    hidden. Every projection's output is a multiple of 32, as bitsandbytes' 4-bit layers need."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    config = MistralConfig(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=448, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32, max_position_embeddings=max_position_embeddings,
+        sliding_window=sliding_window, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2,
+    )
+    model = MistralForCausalLM(config)
+    # Q and K x4: attention as sharp as a trained model's. At the initial scale (0.02) every
+    # attention score is ~0 and a random model attends uniformly, so a wrong rotary layout in an
+    # export would barely change its next tokens; here it changes ~40% of them.
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(MISTRAL_QK_SCALE)
+            layer.self_attn.k_proj.weight.mul_(MISTRAL_QK_SCALE)
+    model.save_pretrained(out_dir)
+    return model
+
+
+def build_mistral(project_dir, folder=MISTRAL_MODEL, vocab_size=640, seed=0):
+    """The Mistral-architecture base model and its tokenizer in `project_dir`/`folder`, laid out
+    as build_project lays out TinyLlama's (config.json, model.safetensors, tokenizer files).
+    Returns the folder."""
+    model_dir = Path(project_dir) / folder
+    tokenizer = build_mistral_tokenizer(model_dir, vocab_size)
+    build_mistral_model(model_dir, vocab_size=len(tokenizer), seed=seed)
+    return model_dir
 
 
 # ---------------------------------------------------------------------------------------------
