@@ -17,7 +17,7 @@ import numpy as np
 
 from chateau import lineage, models, prepared, stages
 from chateau.cleaning import novel_paragraphs
-from chateau.cli import StageError, parse_settings, positive, project_dir, run, setting
+from chateau.cli import StageError, parse_settings, positive, run, setting
 from chateau.novel import read_pdf_pages
 from chateau.windows import novel_windows
 
@@ -46,13 +46,13 @@ class Settings:
 
 def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
-    project = project_dir(settings.project_dir)
-    pdf = models.require(project / stages.NOVEL_PDF, "the novel's PDF",
+    project = stages.workspace_of(settings)
+    pdf = models.require(stages.inputs_dir(project) / stages.NOVEL_PDF, "the novel's PDF",
                          "put the French translation there (notebook.ipynb, section 1, says where to get it)")
     base = stages.base_model_dir(project, settings.base_model)
     tokenizer = models.load_tokenizer(base)
     models.check_context(base, settings.seq_len)
-    out_dir = stages.folder(project, "1c")
+    out_dir = stages.folder(stages.workspace_of(settings, claim=True), "1c")  # everything checked: its base's folder
     with lineage.StageLock(out_dir, "1c"):  # one run at a time: another one refuses
         identity = lineage.identity(settings, {"sources": {stages.NOVEL_PDF: prepared.file_digest(pdf)},
                                                "tokenizer": models.tokenizer_fingerprint(tokenizer)})

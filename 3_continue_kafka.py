@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from chateau import dial, generation, lineage, models, stages
-from chateau.cli import StageError, group, parse_settings, positive, project_dir, run, setting
+from chateau.cli import StageError, group, parse_settings, positive, run, setting
 
 
 def chapter_sampling():
@@ -27,14 +27,14 @@ def chapter_sampling():
 class Settings:
     project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)")
     stage: str = setting(stages.CURRICULUM_END, f"model to continue with: {', '.join(stages.MODEL_STAGES)}")
-    base_model: str = setting(stages.BASE_MODEL, "the base model's folder (for --stage base), relative to the project folder or absolute")
+    base_model: str = setting(stages.BASE_MODEL, stages.BASE_MODEL_HELP)
     prompt_file: str = setting("", "file whose text is the prompt")
     context_tokens: int = setting(1536, "tokens of context the model sees (TinyLlama's 2048 minus one chunk)")
     chunk_tokens: int = setting(512, "tokens written per window")
     output: str = setting("", "output file, relative to the project folder or absolute (default: output/continuation_<stage>.md)")
     allow_stale: bool = setting(False, "continue with a stage whose inputs changed since it was trained (said in the file's header)")
     device: str = setting("", models.DEVICE_HELP + "; --device cpu writes while a step trains on the GPU")
-    epoch: int = setting(0, "a stage trained in passes (2c, 2d): continue with this pass (0: the one the dial published)")
+    epoch: int = setting(0, f"a stage trained in passes ({dial.DIALLED}): continue with this pass (0: the one the dial published)")
     # --prompt (default: the end of the novel's clean text), --new-tokens (4000, ~3,000 words: a
     # chapter), --temperature, --top-p, --repetition-penalty, --seed.
     sampling: generation.Sampling = group(chapter_sampling, "", "sampling settings")
@@ -42,7 +42,7 @@ class Settings:
     def problems(self):
         out = positive(self, "context_tokens", "chunk_tokens") + self.sampling.problems() + models.device_problems(self.device)
         if self.epoch < 0 or (self.epoch and not dial.is_dialled(self.stage)):
-            out.append(f"--epoch {self.epoch}: only a stage trained in passes has them (2c, 2d); 0 is the published one")
+            out.append(f"--epoch {self.epoch}: only a stage trained in passes has them ({dial.DIALLED}); 0 is the published one")
         if self.stage not in stages.MODEL_STAGES:
             out.append(f"--stage must be one of {', '.join(stages.MODEL_STAGES)}")
         if self.sampling.prompt and self.prompt_file:
@@ -74,7 +74,7 @@ def output_path(project, settings):
 def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
     models.set_up_device(settings.device, require_gpu=False)  # writing on the CPU is slow, not wrong
-    project = project_dir(settings.project_dir)
+    project = stages.workspace_of(settings)  # the stages of --base-model
     sampling = settings.sampling
 
     out = output_path(project, settings)

@@ -25,12 +25,13 @@ import shutil
 from dataclasses import dataclass
 
 from chateau import dial, generation, gguf_files, lineage, llama_cpp_check, model_card, models, stages
-from chateau.cli import StageError, is_disk_full, parse_settings, project_dir, run, say, setting, write_atomic
+from chateau.cli import StageError, is_disk_full, parse_settings, run, say, setting, write_atomic
 
 
 @dataclass
 class Settings:
     project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)")
+    base_model: str = setting(stages.BASE_MODEL, stages.BASE_MODEL_HELP)
     stage: str = setting(stages.CURRICULUM_END, f"finished stage to export: {', '.join(stages.EXPORTABLE)} (a merged stage: its merged/ model)")
     types: str = setting("f16,q8_0,q4_k_m", f"comma-separated GGUF types: {', '.join(gguf_files.EXPORT_TYPES)} "
                                              f"(written here), {', '.join(llama_cpp_check.LLAMA_TYPES)} (llama.cpp's quantizer)")
@@ -58,8 +59,9 @@ class Settings:
         return out
 
 
-def modelfile(gguf_name, settings):
-    """Ollama's recipe: the file, no chat template (a completion model), the project's sampling."""
+def modelfile(gguf_name, settings, context_length):
+    """Ollama's recipe: the file, no chat template (a completion model), the project's sampling,
+    a context no longer than the file's (a sliding window caps it: gguf_files.gguf_context)."""
     sampling = generation.Sampling()
     return (f"# ollama create {settings.name} -f Modelfile && ollama run {settings.name} \"K. ouvrit la porte.\"\n"
             f"FROM ./{gguf_name}\n"
@@ -67,7 +69,7 @@ def modelfile(gguf_name, settings):
             f"PARAMETER temperature {sampling.temperature}\n"
             f"PARAMETER top_p {sampling.top_p}\n"
             f"PARAMETER repeat_penalty {sampling.repetition_penalty}\n"
-            f"PARAMETER num_ctx {settings.context}\n")
+            f"PARAMETER num_ctx {min(settings.context, context_length)}\n")
 
 
 def weights_gib(model_dir):
@@ -76,7 +78,7 @@ def weights_gib(model_dir):
 
 def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
-    project = project_dir(settings.project_dir)
+    project = stages.workspace_of(settings)  # the stages of --base-model
     source = stages.model_dir(project, settings.stage)
     if not lineage.is_finished(project, settings.stage) or not (source / "config.json").exists():
         raise StageError(f"step {settings.stage}'s model is missing or unfinished at {source}: "
@@ -95,6 +97,9 @@ def main(argv=None):
         say(f"4: exporting {settings.stage}, {which}")
     record_path = out_dir / "export.json"
     model_digest = lineage.model_digest(source)
+    context = gguf_files.gguf_context(source)  # a sliding window shorter than the positions caps it
+    if gguf_files.sliding_window_line(context):
+        say(gguf_files.sliding_window_line(context))
 
     with lineage.StageLock(out_dir, "4"):
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
@@ -126,7 +131,7 @@ def main(argv=None):
             staging = path.with_name(f".{path.name}.partial")
             staging.unlink(missing_ok=True)  # an interrupted run's
             say(f"4: writing {path} ...")
-            done = {"identity": identity, "stage": settings.stage, "stale": stale}
+            done = {"identity": identity, "stage": settings.stage, "stale": stale, "context": context}
             temporary = out_dir / f".{settings.name}-f16.for-quantizing.gguf"
             try:
                 if kind in gguf_files.EXPORT_TYPES:
@@ -165,7 +170,7 @@ def main(argv=None):
         best = next((p for p in exported if p.exists()), None)
         if best is None:
             raise StageError(f"no GGUF file in {out_dir} to write a Modelfile for: export f16 or q8_0 (--types)")
-        (out_dir / "Modelfile").write_text(modelfile(best.name, settings))
+        (out_dir / "Modelfile").write_text(modelfile(best.name, settings, context["context_length"]))
         # What is published says what it is: the model card, from the project's own records.
         files = [(p.name, round(p.stat().st_size / 2**20, 1)) for p in exported if p.exists()]
         write_atomic(out_dir / "README.md", model_card.card(project, settings.stage, settings.name, files, epoch=settings.epoch))

@@ -211,6 +211,7 @@ def main():
         run_script(project, "3_continue_kafka.py", *CONTINUE)
     except ScriptFailed as failed:
         raise SystemExit(str(failed))
+    project = stages.workspace(project, BASE)  # from here on, SmolLM2's stages (bases/SmolLM2-135M/)
     speed = generation_speed(project)
     print(f"generation: {speed}", flush=True)
     board = scoreboard.build(project, scoreboard_settings("real-cpu"), progress=lambda line: print(line, flush=True))

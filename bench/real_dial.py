@@ -43,10 +43,10 @@ def build_inputs(project, paragraphs):
 
 
 def seed_test(project, number):
-    out = f"output/dial_pass_{number}.md"
+    out = f"output/dial_pass_{number}.md"  # in SmolLM2's workspace, as step 3 resolves it
     run_script(project, stages.script_of("3"), *profile("real-cpu", "3"), "--stage", "2d", "--epoch", number,
                "--prompt", PROMPT, "--new-tokens", 500, "--context-tokens", 384, "--chunk-tokens", 120, "--output", out)
-    return (project / out).read_text().split("\n---\n", 1)[1].strip()
+    return (stages.workspace(project, BASE) / out).read_text().split("\n---\n", 1)[1].strip()
 
 
 def report(project, seconds, samples):
@@ -102,13 +102,14 @@ def main():
             started = time.time()
             out = run_script(project, stages.script_of(name), *profile("real-cpu", name), *flags)
             print(f"{name}: {time.time() - started:.0f} s\n  " + "\n  ".join(out.stdout.strip().splitlines()[-12:]), flush=True)
-        records = lineage.read_metrics(project, "2d")["passes"]
-        chosen = lineage.read_metrics(project, "2d")["published_pass"]
+        work = stages.workspace(project, BASE)  # SmolLM2's stages: bases/SmolLM2-135M/
+        records = lineage.read_metrics(work, "2d")["passes"]
+        chosen = lineage.read_metrics(work, "2d")["published_pass"]
         numbers = sorted({records[0]["pass"], chosen, records[-1]["pass"]})
         samples = [(number, seed_test(project, number)) for number in numbers]
     except ScriptFailed as failed:
         raise SystemExit(str(failed))
-    section = report(project, time.time() - began, samples)
+    section = report(work, time.time() - began, samples)
     text = args.report.read_text() if args.report.exists() else ""
     pattern = re.compile(re.escape(MARK[0]) + ".*?" + re.escape(MARK[1]), re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"

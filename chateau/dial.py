@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chateau import lineage, stages
-from chateau.cli import StageError, parse_settings, positive, project_dir, run, say, setting, write_atomic
+from chateau.cli import StageError, parse_settings, positive, run, say, setting, write_atomic
 
 PASSES_DIR = "passes"
 RECORDS = "passes.json"
@@ -67,6 +67,9 @@ class DialSettings:
 def is_dialled(name):
     """Whether stage `name` trains on the novel in passes (its row's data is the novel)."""
     return name in stages.STAGES and stages.STAGES[name].kind == "train" and stages.STAGES[name].data == stages.NOVEL_DATA
+
+
+DIALLED = ", ".join(s.name for s in stages.TABLE if is_dialled(s.name))  # "2c, 2d, 2f": for messages
 
 
 def pass_dir(project, name, number):
@@ -235,7 +238,8 @@ def made_from(project, name):
 @dataclass
 class Settings:
     project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)")
-    stage: str = setting("2d", "a finished stage trained in passes: " + ", ".join(s.name for s in stages.TABLE if is_dialled(s.name)))
+    base_model: str = setting(stages.BASE_MODEL, stages.BASE_MODEL_HELP)
+    stage: str = setting("2d", f"a finished stage trained in passes: {DIALLED}")
     pass_number: int = setting(0, "publish this pass (0: the rule's pick, with the thresholds below)")
     max_extraction: float = setting(-1.0, "the rule's threshold (-1: the one the stage was trained with)")
     loss_tolerance: float = setting(-1.0, "the rule's threshold (-1: the one the stage was trained with)")
@@ -246,7 +250,7 @@ class Settings:
 
 def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
-    project = project_dir(settings.project_dir)
+    project = stages.workspace_of(settings)  # the stages of --base-model
     name = settings.stage
     metrics = lineage.read_metrics(project, name)
     if not metrics or not metrics.get("passes"):

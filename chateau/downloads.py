@@ -1,6 +1,7 @@
 """Section 1 of the notebook: fetch only what the curriculum needs, resumably and idempotently.
 
-- the model TinyLlama/TinyLlama_v1.1: safetensors, config and tokenizer files only;
+- a base model (TinyLlama/TinyLlama_v1.1 by default, or another of BASES): safetensors, config
+  and tokenizer files only, each into its own folder under models/;
 - from PleIAs/French-PD-Books (~60 GB in files gallica_mono_<N>.parquet of ~2,000 books,
   ~400 MB each) only as many files as steps 1a and 1b need (plan_gallica_files);
 - the novel's PDF, or a clear message saying where to put it.
@@ -17,8 +18,39 @@ from tqdm.auto import tqdm
 from chateau import gallica, prepared, stages
 from chateau.cli import StageError
 
-MODEL_REPO = "TinyLlama/TinyLlama_v1.1"
-MODEL_FILES = ["*.safetensors", "*.json", "tokenizer.model"]
+MODEL_FILES = ["*.safetensors", "*.json", "tokenizer.model"]  # never the pickled *.bin a repository may also hold
+
+
+@dataclass(frozen=True)
+class Base:
+    """A base model the project knows how to fetch, and the path of stages it takes."""
+    repo: str       # on the Hugging Face hub
+    folder: str     # under the project folder: what --base-model names
+    license: str    # the base's (the model card's front matter)
+    path: str       # the stages it takes
+    download_gb: float  # its safetensors, as the hub serves them
+    why: str
+
+
+# One place for what the README's table of bases and the notebook's downloads say.
+BASES = {
+    "TinyLlama": Base("TinyLlama/TinyLlama_v1.1", stages.BASE_MODEL, "apache-2.0",
+                      "1a, 1b, 1c → 2a → 2b → 2c (or 2a → 2d)", 4.4,
+                      "the default: 1.1B parameters, small enough that every weight trains on a 12 GB card (2a, 2d)"),
+    "Mistral-7B": Base("mistralai/Mistral-7B-v0.1", "models/Mistral-7B-v0.1", "apache-2.0", "1a, 1c → 2e → 2f", 14.5,
+                       "the best French of the first public attempt's models; 7B: QLoRA only on 12 GB (no 2a), "
+                       "and its merge runs on the CPU (~15 GB of RAM)"),
+    "CroissantLLM": Base("croissantllm/CroissantLLMBase", "models/CroissantLLMBase", "mit",
+                         "1a, 1b, 1c → 2a → 2b → 2c (or 2a → 2d), or 1a, 1c → 2e → 2f", 5.4,
+                         "1.3B parameters trained on French and English in equal parts (2,048 context): French "
+                         "already, so 2a's days are optional (2e → 2f skip it)"),
+}
+MODEL_REPO = BASES["TinyLlama"].repo
+
+
+def base_of_folder(folder):
+    """The known Base whose folder is `folder` (a --base-model value), or None for another model."""
+    return next((b for b in BASES.values() if b.folder == str(folder)), None)
 CORPUS_REPO = "PleIAs/French-PD-Books"
 NOVEL_URL = "https://ekladata.com/QAPtMO27HuI4V0hLEhOUd3sv0Nw/Kafka-Le-Chateau.pdf"
 
@@ -69,13 +101,17 @@ def hf_token():
     return os.environ.get("HF_TOKEN") or None
 
 
-def download_model(project):
-    """The base model, only the files needed (idempotent: present files are not fetched again)."""
+def download_model(project, base="TinyLlama"):
+    """A base model of BASES into its own folder, only the files needed (idempotent: present files
+    are not fetched again; an interrupted download resumes)."""
     from huggingface_hub import snapshot_download
-    dest = project / stages.BASE_MODEL
+    if base not in BASES:
+        raise StageError(f"unknown base {base!r}: one of {', '.join(BASES)} (or put any Llama- or Mistral-architecture "
+                         f"model's folder under models/ and name it with --base-model)")
+    dest = project / BASES[base].folder
     if (dest / "config.json").exists() and list(dest.glob("*.safetensors")):
         return f"model already in {dest}"
-    snapshot_download(MODEL_REPO, local_dir=dest, allow_patterns=MODEL_FILES, token=hf_token())
+    snapshot_download(BASES[base].repo, local_dir=dest, allow_patterns=MODEL_FILES, token=hf_token())
     return f"model downloaded to {dest}"
 
 

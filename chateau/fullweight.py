@@ -15,28 +15,24 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from chateau import dial, lineage, models, stages, training
+from chateau import models, stages, training
 from chateau.cli import say, setting
 
 OPTIMIZERS = ("adamw8bit_sr", "paged_adamw_8bit", "adamw_torch")
 
 
 @dataclass
-class FullWeightSettings(training.TrainSettings):
+class FullWeightSettings(training.SampleLengthSettings):
     """Fields of a full-weight step; 2a and 2d set the curriculum's values."""
     base_model: str = setting(stages.BASE_MODEL, stages.BASE_MODEL_HELP)
     optimizer: str = setting("adamw8bit_sr", "adamw8bit_sr (torchao, bf16 weights + stochastic rounding) | paged_adamw_8bit (bitsandbytes, fp32 weights) | adamw_torch (fp32 reference)")
-    sample_tokens: int = setting(0, "cut every prepared sample into pieces of this many tokens (0 = as prepared)")
 
     def problems(self):
         out = super().problems()
         if self.optimizer not in OPTIMIZERS:
             out.append(f"--optimizer must be {', '.join(OPTIMIZERS[:-1])} or {OPTIMIZERS[-1]} (got {self.optimizer})")
-        if self.sample_tokens < 0 or self.sample_tokens == 1:
-            out.append(f"--sample-tokens must be 0 (as prepared) or >= 2 (got {self.sample_tokens})")
         return out
 
 
@@ -99,35 +95,13 @@ def prepare_optimizer_step(optimizer, compile=True, probe=compile_probe):
     return f"compiled in {time.time() - began:.0f} s"
 
 
-def cut_samples(dataset, tokens):
-    """Every sample cut into consecutive pieces of `tokens` ids (a tail shorter than that is
-    dropped): 2d reads the novel's 2048-token windows as 512-token samples, which a full-weight
-    step fits on a 12 GB card."""
-    from datasets import Dataset
-    from chateau import prepared
-    ids = np.asarray(dataset[prepared.INPUT_IDS], dtype=np.int32)
-    pieces = ids.shape[1] // tokens
-    if pieces == 0:
-        return dataset
-    cut = ids[:, :pieces * tokens].reshape(-1, tokens)
-    return Dataset(prepared.windows_table(cut))
-
-
 def train(settings, name):
     """The full-weight recipe for stage `name` (its table row says what it starts from and trains
     on). Returns the metrics, or None when the stage was already trained from the same inputs and
     settings."""
-    step = stages.stage(name)
-    project = training.begin(settings)
-    if step.base == "base":
-        base = stages.base_model_dir(project, settings.base_model)
-        models.require(base / "config.json", "the base model", models.DOWNLOAD_HINT)
-    else:
-        training.require_trained(project, step.base)
-        base = stages.model_dir(project, step.base)
-    reads = [s for s in step.inputs if s != "base"]
-    inputs = lineage.train_inputs(project, reads, base if step.base == "base" else None)
-    with training.stage_run(settings, name, inputs) as run:
+    opening = training.begin(settings, name)
+    project, base = opening.project, opening.start
+    with training.stage_run(settings, name, opening.inputs) as run:
         if run.already_done:
             return None
 
@@ -137,16 +111,11 @@ def train(settings, name):
         model = models.load_model(base, dtype=dtype, attn_implementation=settings.attn_implementation)
         model.config.use_cache = False  # no KV cache while training (checkpointing recomputes)
 
-        # 2. Data: the row's samples (cut to --sample-tokens), checked against this tokenizer and context.
-        train_data, validation = training.load_data(project, step.data, list(step.eval_also), tokenizer,
+        # 2. Data: the row's samples, checked against this tokenizer and context, cut to --sample-tokens
+        #    (2d: one pass of the novel, each pass measured, the dial's pick published).
+        train_data, validation = training.load_data(project, stages.stage(name).data, list(stages.stage(name).eval_also), tokenizer,
                                                     model.config.max_position_embeddings, settings.max_eval_samples)
-        if settings.sample_tokens:
-            validation = {k: cut_samples(v, settings.sample_tokens) for k, v in validation.items()}
-        # The novel in passes (2d): its training text once per pass, each pass measured, the dial's pick published.
-        train_data, measure, then = dial.prepare_run(settings, project, name, train_data, tokenizer, validation,
-                                                     settings.sample_tokens)
-        if settings.sample_tokens and not measure:
-            train_data = cut_samples(train_data, settings.sample_tokens)
+        train_data, validation, measure, then = training.shaped_data(settings, project, name, train_data, tokenizer, validation)
 
         # 3. Train.
         optimizers, extra = (None, None), {}

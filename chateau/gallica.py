@@ -17,7 +17,7 @@ import numpy as np
 
 from chateau import lineage, models, prepared, stages
 from chateau.cleaning import clean_ocr_text, french_score
-from chateau.cli import StageError, positive, project_dir, setting
+from chateau.cli import StageError, positive, setting
 from chateau.windows import book_split, book_windows
 
 COLUMNS = ["file_id", "ocr", "complete_text"]
@@ -239,12 +239,12 @@ def cut_samples(files, step, settings, tokenizer, writer):
 
 def prepare(settings, step):
     """The whole recipe of step 1a or 1b."""
-    project = project_dir(settings.project_dir)
+    project = stages.workspace_of(settings)
     base = stages.base_model_dir(project, settings.base_model)
     tokenizer = models.load_tokenizer(base)
     models.check_context(base, settings.seq_len)
-    files = parquet_files(project / stages.GALLICA_DIR)
-    out_dir = stages.folder(project, step)
+    files = parquet_files(stages.inputs_dir(project) / stages.GALLICA_DIR)
+    out_dir = stages.folder(stages.workspace_of(settings, claim=True), step)  # everything checked: its base's folder
     with lineage.StageLock(out_dir, step):
         _prepare(settings, step, project, tokenizer, files, out_dir)
 
@@ -252,7 +252,7 @@ def prepare(settings, step):
 def _prepare(settings, step, project, tokenizer, files, out_dir):
     for path in files:  # every file checked (readable, the right columns) before any work starts
         open_parquet(path)
-    identity = lineage.identity(settings, {"sources": {os.path.relpath(f, project): prepared.file_digest(f) for f in files},
+    identity = lineage.identity(settings, {"sources": {os.path.relpath(f, stages.inputs_dir(project)): prepared.file_digest(f) for f in files},
                                            "tokenizer": models.tokenizer_fingerprint(tokenizer)})
     if prepared.already_prepared(out_dir, identity, settings.overwrite):
         print(f"already prepared: {out_dir} (pass --overwrite to redo it)")

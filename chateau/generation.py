@@ -40,7 +40,7 @@ class Sampling:
         return out
 
 
-def load_stage(project, stage, base_model=stages.BASE_MODEL, allow_stale=None, epoch=0):
+def load_stage(project, stage, base_model=None, allow_stale=None, epoch=0):
     """(model, tokenizer) of a stage, at compute precision, ready to generate: what the stage
     table says it produces (a full model; an adapter applied, unmerged, on its base's full model;
     a merged stage's merged/), for a stage trained in passes the pass the dial published, or pass
@@ -159,7 +159,7 @@ def held_out_prompts(project, tokenizer, n, fallback=stages.FRENCH_DATA[0]):
     raise StageError(f"no held-out text to take prompts from: {stages.stage(stages.NOVEL_DATA).hint()}, or give a prompt")
 
 
-def side_by_side(project, sampling, model_stages=stages.MODEL_STAGES, base_model=stages.BASE_MODEL):
+def side_by_side(project, sampling, model_stages=stages.MODEL_STAGES, base_model=None):
     """The notebook's "trying the models": ("prompt", prompt) first, then (stage, continuation) for
     every model stage as soon as it is generated (a stage that cannot be loaded: its reason, in
     parentheses), all from the same prompt: `sampling.prompt`, or a passage of the novel's held-out slice."""

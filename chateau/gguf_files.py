@@ -16,6 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
+from chateau import models
 from chateau.cli import StageError, say
 
 
@@ -149,11 +150,6 @@ def _tokenizer_fields(tokenizer, vocab_size):
     return ("llama", None), tokens, scores, types, merges, _space_prefix(spec)
 
 
-# The model types written under llama.cpp's `llama` architecture: Mistral (MistralForCausalLM) is
-# Llama's layers with GQA and a sliding window, converted as Llama by llama.cpp's own converter.
-ARCHITECTURES = ("llama", "mistral")
-
-
 def gguf_context(config):
     """What the GGUF's context is and why, for a model's `config` (a transformers config, a
     config.json's dict, or the model folder): {"context_length": written in the file,
@@ -183,8 +179,8 @@ def sliding_window_line(context):
 def export_gguf(model_dir, out_path, kind, name):
     """`model_dir` (a Llama- or Mistral-architecture model + tokenizer) -> `out_path`, a GGUF of
     `kind` (f16: every matrix in float16; q8_0: every matrix in 8-bit blocks of 32, norms in
-    float32), under llama.cpp's `llama` architecture, its context as gguf_context says (a sliding
-    window caps it, said in one line). The caller gives a staging path and publishes it once the
+    float32), under llama.cpp's `llama` architecture, its context as gguf_context says (step 4
+    says it when a sliding window caps it: sliding_window_line). The caller gives a staging path and publishes it once the
     file has passed its checks."""
     import gguf
     import numpy as np
@@ -193,7 +189,7 @@ def export_gguf(model_dir, out_path, kind, name):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    if config.model_type not in ARCHITECTURES:
+    if config.model_type not in models.ARCHITECTURES:  # Mistral: converted as Llama by llama.cpp's own converter
         raise StageError(f"{model_dir} is a {config.model_type} model: only the Llama and Mistral architectures export here")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False)
@@ -202,9 +198,6 @@ def export_gguf(model_dir, out_path, kind, name):
     rope = (getattr(config, "rope_parameters", None) or {}).get("rope_theta") or getattr(config, "rope_theta", 10000.0)
     (model_type, pre), tokens, scores, types, merges, space_prefix = _tokenizer_fields(tokenizer, config.vocab_size)
     context = gguf_context(config)
-    line = sliding_window_line(context)
-    if line:
-        say(line)
 
     writer = gguf.GGUFWriter(out_path, "llama")
     writer.add_name(name)

@@ -86,7 +86,7 @@ def train_inputs(project, stage_names, base_dir=None):
 def current_digest(project, name, settings):
     """An input's digest as it is now: a stage's marker, or the base model named by `settings`."""
     if name == "base":
-        base = stages.base_model_dir(project, settings.get("base_model", stages.BASE_MODEL))
+        base = stages.base_model_dir(project, settings.get("base_model") or stages.base_of(project))
         return model_digest(base) if base.is_dir() else None
     return stage_digest(project, name)
 

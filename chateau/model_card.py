@@ -3,31 +3,35 @@
 lineage of the exported stage, the dial's pass and its memorization figures, the scoreboard's row
 when there is one, how to run it, and its limits."""
 import json
+from pathlib import Path
 
 from chateau import dial, downloads, lineage, stages
 
-BASE_LICENSE = "apache-2.0"  # TinyLlama_v1.1's
 TEXTS = ("Gallica's public-domain French books (PleIAs/French-PD-Books; public domain) and the French "
          "translation of Franz Kafka's *Das Schloss* (*Le Château*): Kafka's text is in the public domain; a "
          "translation carries its translator's rights where they still run; check them before you publish "
          "this model")
 
 
-def front_matter(base_model, stage):
-    lines = ["---", f"base_model: {base_model}", "language:", "- fr", f"license: {BASE_LICENSE}  # the base model's; "
+def front_matter(base, stage):
+    lines = ["---", f"base_model: {base.repo}", "language:", "- fr", f"license: {base.license}  # the base model's; "
              "the training texts' terms are in the card", "datasets:", f"- {downloads.CORPUS_REPO}", "tags:",
              "- gguf", "- llama.cpp", "- french", "- kafka", "- literary", f"- stage-{stage}",
              "pipeline_tag: text-generation", "---"]
     return "\n".join(lines)
 
 
-def card(project, stage, name, files, base_model=downloads.MODEL_REPO, epoch=0):
-    """The model card's text for stage `stage` exported as `files` ([(file name, MiB)])."""
+def card(project, stage, name, files, epoch=0):
+    """The model card's text for stage `stage` of `project` (a workspace: its base's) exported as
+    `files` ([(file name, MiB)])."""
     metrics = lineage.read_metrics(project, stage) or {}
-    path = " → ".join([base_model, *[stages.label(s) for s in stages.path_to(stage)]])
-    out = [front_matter(base_model, stage), "", f"# {name}: {stages.label(stage)}", "",
+    folder = stages.base_of(project)
+    base = downloads.base_of_folder(folder) or downloads.Base(repo=Path(folder).name, folder=folder, license="other",
+                                                              path="", download_gb=0, why="")
+    path = " → ".join([base.repo, *[stages.label(s) for s in stages.path_to(stage)]])
+    out = [front_matter(base, stage), "", f"# {name}: {stages.label(stage)}", "",
            f"A French literary completion model imprinted on Kafka's *Le Château*, made by the Kafka-trained "
-           f"TinyLlama pipeline. Lineage: {path}.", "", f"Trained on: {TEXTS}.", "", "## Files", "",
+           f"LLM pipeline. Lineage: {path}.", "", f"Trained on: {TEXTS}.", "", "## Files", "",
            *[f"- `{file}` ({mib} MiB)" for file, mib in files], ""]
     records = metrics.get("passes")
     if records:

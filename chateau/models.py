@@ -2,13 +2,14 @@
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
 import warnings
 from pathlib import Path
 
-from chateau.cli import StageError
+from chateau.cli import StageError, say
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we fork worker pools ourselves
 # torchao announces, at import, CUDA kernels it cannot load on other GPUs or a CPU, and torch warns
@@ -170,12 +171,15 @@ def check_context(model_dir, seq_len):
 
 
 PICKLED_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # pickles: code can hide in them
-ARCHITECTURE = "llama"  # what the recipes, the 4-bit loader and the GGUF export are written for
+# What the recipes, the 4-bit loader and the GGUF export are written for. A Mistral model is
+# Llama's architecture plus a sliding attention window (4,096 tokens for Mistral-7B-v0.1), which
+# changes nothing at the 512 and 2,048 tokens the curriculum trains at; llama.cpp runs it as `llama`.
+ARCHITECTURES = ("llama", "mistral")
 
 
 def check_model_folder(model_dir):
-    """What a model folder must be before anything loads it or is made from it: a Llama-
-    architecture config, no request for custom code (auto_map: transformers would offer to run the
+    """What a model folder must be before anything loads it or is made from it: a Llama- or
+    Mistral-architecture config, no request for custom code (auto_map: transformers would offer to run the
     folder's Python), weights as safetensors only (a pickle can run code when loaded)."""
     model_dir = Path(model_dir)
     for name in ("config.json", "tokenizer_config.json"):
@@ -187,9 +191,9 @@ def check_model_folder(model_dir):
         if "auto_map" in config:
             raise StageError(f"{path} asks for custom code (auto_map): refused, this project never runs a model "
                              f"folder's own Python (trust_remote_code stays off); use a folder without it")
-        if name == "config.json" and config.get("model_type") != ARCHITECTURE:
-            raise StageError(f"{model_dir} is a {config.get('model_type')!r} model: the curriculum trains Llama-"
-                             f"architecture models (model_type 'llama', LlamaForCausalLM) only")
+        if name == "config.json" and config.get("model_type") not in ARCHITECTURES:
+            raise StageError(f"{model_dir} is a {config.get('model_type')!r} model: the curriculum trains Llama- and "
+                             f"Mistral-architecture models (model_type 'llama' or 'mistral') only")
     pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in model_dir.glob(pattern))
     if pickled:
         raise StageError(f"{model_dir / pickled[0]} is a pickle where weights are expected: only safetensors weights "
@@ -233,14 +237,45 @@ def device_map():
     return {"": int(os.environ.get("LOCAL_RANK", 0))} if use_cuda() else {"": "cpu"}
 
 
-def load_model(model_dir, dtype=None, attn_implementation="sdpa", fix=DOWNLOAD_HINT):
-    """A full-precision model at `dtype` (default: compute_dtype()), whatever dtype it was saved in."""
+def parameter_count(model_dir):
+    """The parameters in a model folder's safetensors files, read from their headers (no weights loaded)."""
+    from safetensors import safe_open
+    count = 0
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as weights:
+            count += sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
+    return count
+
+
+MERGE_MARGIN_GIB = 1.5  # what a merge holds besides the bf16 weights: the adapter, peft's copies of one layer, the allocator
+
+
+def merge_device(model_dir):
+    """Where a merge into `model_dir`'s weights runs: on the GPU when its bf16 weights and a margin
+    fit the memory free now, else on the CPU in bf16 (a 7B model's 14.5 GB never fit a 12 GB card;
+    the CPU needs as much RAM), said in one line. Without a GPU: the CPU, as every step."""
+    if not use_cuda():
+        return "cpu"
+    import torch
+    need = parameter_count(model_dir) * 2 / 2**30 + MERGE_MARGIN_GIB
+    free = torch.cuda.mem_get_info()[0] / 2**30
+    if need <= free:
+        return "cuda"
+    say(f"the merge runs on the CPU: {model_dir}'s bf16 weights and the merge need ~{need:.1f} GiB, the GPU has "
+        f"{free:.1f} GiB free (it needs as much RAM; a few minutes for a 7B model)")
+    return "cpu"
+
+
+def load_model(model_dir, dtype=None, attn_implementation="sdpa", fix=DOWNLOAD_HINT, device=None):
+    """A full-precision model at `dtype` (default: compute_dtype()), whatever dtype it was saved in;
+    on `device` ("cpu" or "cuda"; default: this process's GPU, else the CPU)."""
     from transformers import AutoModelForCausalLM
     require(Path(model_dir) / "config.json", "model", fix)
     check_weights(model_dir)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype or compute_dtype(), device_map=device_map(), attn_implementation=attn_implementation,
+            model_dir, dtype=dtype or compute_dtype(), device_map=device_map() if device in (None, "cuda") else {"": device},
+            attn_implementation=attn_implementation,
             trust_remote_code=False, output_loading_info=True)
     except Exception as error:  # truncated or corrupt weights: safetensors, OSError, ValueError...
         if "out of memory" in str(error).lower():

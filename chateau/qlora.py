@@ -1,12 +1,12 @@
-"""The QLoRA recipe of steps 2b and 2c (they differ only in settings and in their row of the stage
-table: QLoRA is configuration, not code): the row's base model in 4-bit NF4, a LoRA on every
+"""The QLoRA recipe of steps 2b, 2c, 2e and 2f (they differ only in settings and in their row of the
+stage table: QLoRA is configuration, not code): the row's base model in 4-bit NF4, a LoRA on every
 linear projection (new, or continued from the row's `adapter_from`, loaded trainable), trained with
-the curriculum's Trainer; then, for a "merged model" row (2c), the adapter merged into the base's
+the curriculum's Trainer; then, for a "merged model" row (2c, 2f), the adapter merged into the base's
 full-precision weights before the stage is marked finished."""
 import shutil
 from dataclasses import dataclass
 
-from chateau import dial, lineage, models, stages, training
+from chateau import models, stages, training
 from chateau.cli import StageError, positive, setting
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -17,18 +17,19 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 # not refused. Worse by more than 5% means the adapter had learned to lean on the rounding: the
 # merged model is not the model that was validated.
 MERGE_TOLERANCE = 0.05
+CPU_MERGE_CHECK_ROWS = 16  # rows of that check when the merge runs on the CPU (models.merge_device)
 
 
 @dataclass
 class QLoRASettings(training.TrainSettings):
-    """Fields of a QLoRA step; 2b and 2c set the curriculum's values."""
+    """Fields of a QLoRA step; 2b, 2c, 2e and 2f set the curriculum's values."""
     lora_r: int = setting(32, "LoRA rank: 32 gives ~25M trainable parameters (2.3% of 1.1B), room for a new domain")
     lora_alpha: int = setting(64, "LoRA scale numerator (updates scaled by alpha/r = 2)")
     lora_dropout: float = setting(0.05, "dropout on LoRA inputs, in [0, 1)")
     upcast_norms: bool = setting(True, "norms, embedding and LM head in fp32 (peft's prepare_model_for_kbit_training), "
                                        "so the residual stream and checkpointed activations are fp32; false: in the "
                                        "compute dtype (bf16 on GPU: less memory, other numerics; on CPU the same fp32)")
-    merge: bool = setting(True, "merged-model steps (2c): merge the adapter into the base's full-precision weights, "
+    merge: bool = setting(True, "merged-model steps (2c, 2f): merge the adapter into the base's full-precision weights, "
                                 "into merged/ (false: no merged/, and an older one is removed)")
 
     def problems(self):
@@ -68,12 +69,9 @@ def train(settings, name):
     trained from the same inputs and settings."""
     from peft import get_peft_model_state_dict
     step = stages.stage(name)
-    project = training.begin(settings)
-    training.require_trained(project, step.base)
-    base_dir = stages.model_dir(project, step.base)
-    if step.adapter_from:
-        training.require_trained(project, step.adapter_from)
-    with training.stage_run(settings, name, lineage.train_inputs(project, step.inputs)) as run:
+    opening = training.begin(settings, name)
+    project, base_dir = opening.project, opening.start
+    with training.stage_run(settings, name, opening.inputs) as run:
         if run.already_done:
             return None
 
@@ -82,14 +80,15 @@ def train(settings, name):
         model = qlora_model(settings, project, step, base_dir)
         adapter_start = models.tensor_digest(get_peft_model_state_dict(model))
 
-        # 2. Data: this step's samples; validation on them and on the earlier steps' data.
+        # 2. Data: this step's samples; validation on them and on the earlier steps' data. Cut to
+        #    --sample-tokens where the step has it (2f); the novel in passes (2c, 2f): its training
+        #    text once per pass, each pass measured, the dial's pick published.
         train_data, validation = training.load_data(project, step.data, list(step.eval_also), tokenizer,
                                                     model.config.max_position_embeddings, settings.max_eval_samples)
+        train_data, validation, measure, publish = training.shaped_data(settings, project, name, train_data, tokenizer,
+                                                                        validation)
 
-        # 3. The novel in passes (2c): its training text once per pass, each pass measured, the dial's pick published.
-        train_data, measure, publish = dial.prepare_run(settings, project, name, train_data, tokenizer, validation)
-
-        # 4. Train; a merged-model row is finished only once its merge (of the published pass) is written.
+        # 3. Train; a merged-model row is finished only once its merge (of the published pass) is written.
         def then(trainer, metrics):
             out = publish(trainer, metrics) if publish else {}
             if step.produces == stages.MERGED:
@@ -115,15 +114,23 @@ def merge(project, name, wanted=True, trainer=None, metrics=None):
         shutil.rmtree(merged, ignore_errors=True)
         return {"merged": False}
     base_dir = stages.model_dir(project, step.base)
-    model = models.load_adapter(models.load_model(base_dir), adapter_dir).merge_and_unload()
+    device = models.merge_device(base_dir)
+    model = models.load_adapter(models.load_model(base_dir, device=device), adapter_dir).merge_and_unload()
     measured = {}
     if trainer is not None:
         primary = next(iter(trainer.eval_dataset))
+        rows = trainer.eval_dataset[primary]
         validated = metrics["validation_loss_end"][f"eval_{primary}_loss"]
-        loss = training.validation_loss(model, trainer.eval_dataset[primary])
+        if device == "cpu" and models.use_cuda():
+            # Merged on the CPU (it did not fit the card): both models on the same few rows, not
+            # hundreds of 7B forward passes on the CPU.
+            rows = rows.select(range(min(CPU_MERGE_CHECK_ROWS, len(rows))))
+            validated = training.validation_loss(trainer.model, rows)
+        loss = training.validation_loss(model, rows)
         gap = (loss - validated) / validated  # > 0: the merged model is worse than the validated one
         measured = {"merged_validation_loss": round(loss, 5), "adapter_validation_loss": round(validated, 5),
-                    "merge_gap": round(gap, 5), "merge_tolerance": MERGE_TOLERANCE}
+                    "merge_gap": round(gap, 5), "merge_tolerance": MERGE_TOLERANCE, "merged_on": device,
+                    "merge_check_rows": len(rows)}
         if not gap <= MERGE_TOLERANCE:
             raise StageError(f"{name}: the merged model's validation loss {loss:.4f} is worse than the validated 4-bit + "
                              f"adapter's {validated:.4f} by {100 * gap:.1f}% (> {100 * MERGE_TOLERANCE:.0f}%): the merge is "

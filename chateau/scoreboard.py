@@ -38,7 +38,7 @@ import numpy as np
 
 from chateau import discriminator, generation, lineage, models, next_passage, prepared, stages
 from chateau.cleaning import GALLICA_SOURCE, is_page_number
-from chateau.cli import StageError, parse_settings, positive, project_dir, run, setting, write_atomic
+from chateau.cli import StageError, parse_settings, positive, run, setting, write_atomic
 
 WORD = re.compile(r"[^\W\d_]+")  # letters only: "l'auberge" -> "l", "auberge"
 LEXICON_SIZE = 100    # the novel's most characteristic words
@@ -541,7 +541,7 @@ def markdown_table(board):
 
 def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
-    print(format_table(build(project_dir(settings.project_dir), settings)))
+    print(format_table(build(stages.workspace_of(settings), settings)))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ data, a full model, an adapter on a base, a merged model, text, an export), the 
 from and its recipe. Every module, test, benchmark and the notebook ask this table; nothing else
 spells a stage's folder or script, or compares a stage's name to decide what to load, merge,
 export, score or benchmark. Adding a stage is one row here and a settings-only script."""
+import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from chateau.cli import StageError, project_dir
 
 # The inputs, under the project folder (mounted at /project in the container).
 BASE_MODEL = "models/TinyLlama_v1.1"     # the downloaded base model + tokenizer
@@ -74,6 +77,13 @@ TABLE = (
           base="2a", recipe="qlora", data="1c", eval_also=("1b",), adapter_from="2b", title="the novel, QLoRA (merged)"),
     Stage("2d", "2d_train_kafka_fullweight.py", "models/2d_kafka_fullweight", FULL_MODEL,
           base="2a", recipe="fullweight", data="1c", eval_also=("1a",), title="the novel, full weights"),
+    # The path of a base whose full weights do not fit a 12 GB card (a 7B model): QLoRA on the 4-bit
+    # base itself (no 2a), then that adapter continued on the novel.
+    Stage("2e", "2e_train_gallica_QLoRA_on_base.py", "models/2e_gallica_qlora_on_base", ADAPTER,
+          base="base", recipe="qlora", data="1a", title="French, QLoRA on the 4-bit base"),
+    Stage("2f", "2f_train_kafka_QLoRA_on_base.py", "models/2f_kafka_qlora_on_base", MERGED,
+          base="base", recipe="qlora", data="1c", eval_also=("1a",), adapter_from="2e",
+          title="the novel, QLoRA on 2e (merged)"),
     Stage("3", "3_continue_kafka.py", "output", TEXT, reads=("2c", "1c"), title="the continuation"),
     Stage("4", "4_export_gguf.py", "models/2c_kafka_qlora/gguf", EXPORT, reads=("2c",), title="GGUF export"),
 )
@@ -89,13 +99,80 @@ FRENCH_DATA = ("1b", "1a")  # held-out French books, in order of preference
 CURRICULUM_END = "2c"       # the model steps 3 and 4 use unless told otherwise
 
 
-BASE_MODEL_HELP = ("base model folder, relative to the project folder or absolute: any Llama-architecture model "
-                   "(a GGUF file converts with `python -m chateau.gguf_files FILE.gguf OUT_DIR`)")
+BASE_MODEL_HELP = ("the base model of the whole chain: its folder, relative to the project folder or absolute; a "
+                   "Llama- or Mistral-architecture model (a GGUF file converts with `python -m chateau.gguf_files "
+                   "FILE.gguf OUT_DIR`). The same value on every step: each base's stages live in a folder of their "
+                   "own (see stages.workspace)")
+BASES_DIR = "bases"        # the stages of every base but the default, one folder each
+WORKSPACE_RECORD = "base.json"  # in such a folder: the base model it belongs to
+
+
+def workspace(project, base_model=BASE_MODEL):
+    """The folder the stages of `base_model` live in: the project folder itself for the default
+    base (TinyLlama: the folders above, as they always were), bases/<its folder's name>/ inside
+    it for any other. Each base prepares its own data (its tokenizer) and trains its own chain,
+    so running a second base never makes the first one's stages stale or touches them. The
+    inputs (the Gallica books, the PDF, the base models) stay the project's: inputs_dir."""
+    project = Path(project)
+    if (project / base_model).resolve() == (project / BASE_MODEL).resolve():
+        return project
+    return project / BASES_DIR / Path(base_model).name
+
+
+def inputs_dir(folder):
+    """The project folder whose inputs a workspace reads (the inverse of workspace())."""
+    folder = Path(folder)
+    return folder.parent.parent if folder.parent.name == BASES_DIR else folder
+
+
+def workspaces(project):
+    """{base model: its workspace} for every base with stages in the project, the default first
+    (the notebook and the scoreboard show them side by side)."""
+    project = Path(project)
+    found = {BASE_MODEL: project}
+    for record in sorted((project / BASES_DIR).glob(f"*/{WORKSPACE_RECORD}")):
+        found[json.loads(record.read_text())["base_model"]] = record.parent
+    return found
+
+
+def claim_workspace(project, base_model):
+    """The workspace of `base_model`, created and recorded as that base's. Two bases whose folders
+    share a name (models/X and /elsewhere/X) would share one: refused, in one line."""
+    folder = workspace(project, base_model)
+    if folder == Path(project):
+        return folder
+    record = folder / WORKSPACE_RECORD
+    if record.exists():
+        owner = json.loads(record.read_text())["base_model"]
+        if (Path(project) / owner).resolve() != (Path(project) / base_model).resolve():
+            raise StageError(f"{folder} holds the stages of base {owner}, not of {base_model}: give this base's folder "
+                             f"another name (each base's stages live in bases/<its folder's name>/)")
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".partial")
+    tmp.write_text(json.dumps({"base_model": base_model}) + "\n")
+    tmp.rename(record)
+    return folder
+
+
+def base_of(folder):
+    """The base model a workspace belongs to (the default base's is the project folder itself)."""
+    record = Path(folder) / WORKSPACE_RECORD
+    return json.loads(record.read_text())["base_model"] if Path(folder).parent.name == BASES_DIR and record.exists() \
+        else BASE_MODEL
+
+
+def workspace_of(settings, claim=False):
+    """A step's workspace from its --project-dir and --base-model; `claim`: the steps that write
+    stages create and record it (claim_workspace), the ones that only read never do."""
+    project = project_dir(settings.project_dir)
+    return claim_workspace(project, settings.base_model) if claim else workspace(project, settings.base_model)
 
 
 def base_model_dir(project, value=BASE_MODEL):
-    """The base model's folder: `value` relative to the project folder, or absolute."""
-    return Path(project) / value
+    """The base model's folder: `value` relative to the project folder (of a workspace: the
+    project's), or absolute."""
+    return inputs_dir(project) / value
 
 
 def stage(name):
@@ -136,12 +213,12 @@ def stage_of_script(script):
     return next(s.name for s in TABLE if s.script == Path(script).name)
 
 
-def model_dir(project, name, base_model=BASE_MODEL):
+def model_dir(project, name, base_model=None):
     """The folder of full weights that stage `name`'s model is (or, for an adapter, sits on):
-    "base" -> the base model; a full model -> its folder; a merged stage -> its merged/; an
+    "base" -> the base model (`base_model`, default: the workspace's own, base_of); a full model -> its folder; a merged stage -> its merged/; an
     adapter -> its base's full model (the adapter itself is in `folder(project, name)`)."""
     if name == "base":
-        return base_model_dir(project, base_model)
+        return base_model_dir(project, base_model or base_of(project))
     step = STAGES[name]
     if step.produces == ADAPTER:
         return model_dir(project, step.base, base_model)

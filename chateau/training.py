@@ -17,11 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from chateau import dial as dial_settings, generation, lineage, models, prepared, stages
-from chateau.cli import (Interrupted, StageError, group, is_disk_full, size, is_main_process, positive, project_dir, rank, save_settings, say,
+from chateau.cli import (Interrupted, StageError, group, is_disk_full, size, is_main_process, positive, rank, save_settings, say,
                          setting, write_atomic)
 
 
@@ -29,6 +30,10 @@ from chateau.cli import (Interrupted, StageError, group, is_disk_full, size, is_
 class TrainSettings:
     """Fields every train step has. Each step's own dataclass sets the curriculum's defaults."""
     project_dir: str = setting("", "project folder (default: $KAFKA_PROJECT_DIR or /project)", identity=False)
+    # Which chain, not what the stage is: the base's files are among its inputs (their digest), and
+    # its folder decides the workspace the stage lives in (stages.workspace). The full-weight
+    # recipe's own field keeps it in 2a's and 2d's identity, as it always was.
+    base_model: str = setting(stages.BASE_MODEL, stages.BASE_MODEL_HELP, identity=False)
     device: str = setting("", models.DEVICE_HELP, identity=False)
     max_steps: int = setting(-1, "optimizer steps; -1 = --epochs passes over the training data")
     epochs: int = setting(1, "passes over the training data (when --max-steps is -1)")
@@ -104,6 +109,51 @@ class ImprintSettings(TrainSettings):
 
     def problems(self):
         return super().problems() + self.dial.problems()
+
+
+@dataclasses.dataclass
+class SampleLengthSettings(TrainSettings):
+    """A stage that trains on shorter samples than its data was prepared in (2d, 2f: the novel's
+    2048-token windows as 512-token samples, as its first public attempt trained it)."""
+    sample_tokens: int = setting(0, "cut every prepared sample into pieces of this many tokens (0 = as prepared)")
+
+    def problems(self):
+        out = super().problems()
+        if self.sample_tokens < 0 or self.sample_tokens == 1:
+            out.append(f"--sample-tokens must be 0 (as prepared) or >= 2 (got {self.sample_tokens})")
+        return out
+
+
+def sample_length(settings):
+    """The stage's --sample-tokens, or 0 (its samples as prepared) for a stage without the setting."""
+    return settings.sample_tokens if isinstance(settings, SampleLengthSettings) else 0
+
+
+def cut_samples(dataset, tokens):
+    """Every sample cut into consecutive pieces of `tokens` ids (a tail shorter than that is
+    dropped): 2d reads the novel's 2048-token windows as 512-token samples, which a full-weight
+    step fits on a 12 GB card."""
+    from datasets import Dataset
+    ids = np.asarray(dataset[prepared.INPUT_IDS], dtype=np.int32)
+    pieces = ids.shape[1] // tokens
+    if pieces == 0:
+        return dataset
+    cut = ids[:, :pieces * tokens].reshape(-1, tokens)
+    return Dataset(prepared.windows_table(cut))
+
+
+def shaped_data(settings, project, name, train_data, tokenizer, validation):
+    """The data stage `name` trains on, shaped as its settings say: every sample cut to
+    --sample-tokens; for a stage trained in passes of the novel (chateau/dial.py), one pass of its
+    training text, the callback that measures each pass, and what publishes the chosen pass.
+    Returns (train data, validation sets, callbacks, before_finish or None)."""
+    tokens = sample_length(settings)
+    if tokens:
+        validation = {key: cut_samples(rows, tokens) for key, rows in validation.items()}
+    train_data, measure, publish = dial_settings.prepare_run(settings, project, name, train_data, tokenizer, validation, tokens)
+    if tokens and not measure:
+        train_data = cut_samples(train_data, tokens)
+    return train_data, validation, measure, publish
 
 
 def accumulation(settings, seq_len, world):
@@ -397,11 +447,12 @@ def plan_run(settings, stage, inputs):
     """Decide, changing nothing: already trained (same identity: say so, exit 0), train again
     (--overwrite), resume from a checkpoint of the same run, or start. A finished stage trained
     from other inputs or settings, or checkpoints of another run, need --overwrite."""
-    output_dir = stages.folder(project_dir(settings.project_dir), stage)
+    project = stages.workspace_of(settings)
+    output_dir = stages.folder(project, stage)
     identity = lineage.identity(settings, inputs)
     run_file = output_dir / "run.json"
     previous = json.loads(run_file.read_text()) if run_file.exists() else None
-    finished = lineage.is_finished(project_dir(settings.project_dir), stage)
+    finished = lineage.is_finished(project, stage)
     if lineage.already_done(previous if finished else None, identity, settings.overwrite, f"the finished model in {output_dir}"):
         return Run(stage, output_dir, identity, already_done=True)
     if finished or settings.overwrite:
@@ -464,7 +515,7 @@ def fit(settings, run, model, tokenizer, train_dataset, eval_datasets, optimizer
     checkpoint when stopped by a signal.
     """
     from transformers.integrations import TensorBoardCallback
-    project, stage, output_dir = project_dir(settings.project_dir), run.stage, run.output_dir
+    project, stage, output_dir = stages.workspace_of(settings), run.stage, run.output_dir
     log_dir = project / "runs" / stages.stage(stage).run_name
     seq_len = len(train_dataset[0]["input_ids"])
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -597,7 +648,7 @@ def finish(settings, run, trainer, sampler, start, began, tokens_per_step, extra
 def stage_run(settings, stage, inputs):
     """`with stage_run(...) as run:` the stage's lock for the whole run (one run at a time per
     stage; taken by the main process) and the plan (plan_run), which says when it is already done."""
-    folder = stages.folder(project_dir(settings.project_dir), stage)
+    folder = stages.folder(stages.workspace_of(settings), stage)
     with lineage.StageLock(folder, stage) if is_main_process() else contextlib.nullcontext():
         run = plan_run(settings, stage, inputs)
         if run.already_done:
@@ -605,9 +656,30 @@ def stage_run(settings, stage, inputs):
         yield run
 
 
-def begin(settings):
-    """The opening of every train step: the device set up (a GPU, or the CPU asked for), the seed;
-    returns the project folder."""
+@dataclasses.dataclass
+class Opening:
+    """What a train step starts from, found and checked before anything is loaded or changed."""
+    project: Path   # the workspace of the step's base (stages.workspace): where its stages live
+    start: Path     # the full weights it starts from (the base model, or an earlier stage's)
+    inputs: dict    # {input: digest}: the stages it reads and, when it starts from the base, the base
+
+
+def begin(settings, name):
+    """The opening of every train step: the device set up (a GPU, or the CPU asked for), the seed,
+    the workspace of its base, the model it starts from (finished and current) and the digests of
+    its inputs (what its identity records)."""
     models.set_up_device(settings.device)
     torch.manual_seed(settings.seed)
-    return project_dir(settings.project_dir)
+    step = stages.stage(name)
+    project = stages.workspace_of(settings)
+    if step.base == "base":
+        start = stages.base_model_dir(project, settings.base_model)
+        models.require(start / "config.json", "the base model", models.DOWNLOAD_HINT)
+    else:
+        require_trained(project, step.base)
+        start = stages.model_dir(project, step.base)
+    if step.adapter_from:
+        require_trained(project, step.adapter_from)
+    inputs = lineage.train_inputs(project, [s for s in step.inputs if s != "base"], start if step.base == "base" else None)
+    stages.claim_workspace(stages.inputs_dir(project), settings.base_model)  # everything checked: its base's folder
+    return Opening(project, start, inputs)

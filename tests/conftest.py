@@ -69,9 +69,12 @@ def project(pipeline, tmp_path):
     return copy
 
 
+PIPELINE_STAGES = (*fixtures.CURRICULUM, "2d")  # TinyLlama's path and its alternative imprint (2e/2f: test_bases.py)
+
+
 @pytest.fixture(scope="session")
 def pipeline(inputs_dir, tmp_path_factory):
-    """All six steps run once, as the demo runs them; shared by the end-to-end assertions."""
+    """The default base's steps run once, as the demo runs them, and 2d; shared by the end-to-end assertions."""
     src, info = inputs_dir
     project = tmp_path_factory.mktemp("pipeline") / "project"
     shutil.copytree(src, project)

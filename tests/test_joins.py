@@ -87,7 +87,7 @@ def test_a_replaced_base_model_makes_2a_stale_for_every_later_step(project):
 
 # -- Inputs are what the curriculum needs.
 
-@pytest.mark.parametrize("model_type, script", [("gpt2", TWO_A), ("mistral", stages.script_of("1c"))])
+@pytest.mark.parametrize("model_type, script", [("gpt2", TWO_A), ("gemma", stages.script_of("1c"))])
 def test_a_base_model_of_another_architecture_is_refused_before_anything(fresh_project, model_type, script):
     project, _ = fresh_project
     config = project / stages.BASE_MODEL / "config.json"

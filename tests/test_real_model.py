@@ -70,30 +70,32 @@ def test_every_step_runs_on_the_real_model_and_2c_learns(real_project, tmp_path,
     run_script(project, "1a_prepare_gallica_fullweight.py", *gallica, "--n-samples", "4")
     run_script(project, "1b_prepare_gallica_QLoRA.py", *gallica, "--n-samples", "4")
     run_script(project, "1c_prepare_kafka.py", *TINY, "--seq-len", "64", "--stride", "64")
-    clean = (stages.folder(project, "1c") / "clean_text.txt").read_text()
+    work = stages.workspace(project, BASE)  # SmolLM2's stages: bases/SmolLM2-135M/
+    assert work == project / "bases" / "SmolLM2-135M" and not (project / "data").exists()
+    clean = (stages.folder(work, "1c") / "clean_text.txt").read_text()
     assert "Charles" in clean and "MADAME BOVARY" not in clean and "GUSTAVE FLAUBERT" not in clean  # heads gone
     # fp32 AdamW here: torchao's 8-bit AdamW (2a's default, for bf16 weights on a GPU) runs uncompiled on
     # CPU, 14 s for one step of 135M; the tiny pipeline, its resume test and the rounding test run it.
     run_script(project, "2a_train_gallica_fullweight.py", *TINY, *TRAIN, "--max-steps", "1", "--lr", "1e-5",
                "--optimizer", "adamw_torch")
-    run_script(project, "2b_train_gallica_QLoRA.py", *TRAIN, "--max-steps", "1", "--lr", "1e-4", "--lora-r", "8",
+    run_script(project, "2b_train_gallica_QLoRA.py", *TINY, *TRAIN, "--max-steps", "1", "--lr", "1e-4", "--lora-r", "8",
                "--lora-alpha", "16")
     # The dial measures the end of its (cut short) pass on 64-token rows: 16-token prefixes and suffixes.
-    run_script(project, "2c_train_kafka_QLoRA.py", *TRAIN, "--max-steps", "4", "--lr", "2e-3", "--dial-positions", "4",
+    run_script(project, "2c_train_kafka_QLoRA.py", *TINY, *TRAIN, "--max-steps", "4", "--lr", "2e-3", "--dial-positions", "4",
                "--dial-prefix", "16", "--dial-suffix", "16", "--dial-samples", "0")
-    metrics = json.loads((stages.folder(project, "2c") / "metrics.json").read_text())
+    metrics = json.loads((stages.folder(work, "2c") / "metrics.json").read_text())
     own = "eval_1c_kafka_loss"
     assert metrics["validation_loss_end"][own] < metrics["validation_loss_start"][own], metrics  # it learns the novel
     print("real-model merge:", {k: metrics[k] for k in ("merged_validation_loss", "adapter_validation_loss", "merge_gap")})
     assert metrics["merge_gap"] <= 0.05  # the merged model is no worse than the validated 4-bit + adapter
-    run_script(project, "3_continue_kafka.py", "--new-tokens", "24", "--context-tokens", "48", "--chunk-tokens", "12")
-    text = (project / "output" / "continuation_2c.md").read_text().split("\n---\n", 1)[1].strip()
+    run_script(project, "3_continue_kafka.py", *TINY, "--new-tokens", "24", "--context-tokens", "48", "--chunk-tokens", "12")
+    text = (work / "output" / "continuation_2c.md").read_text().split("\n---\n", 1)[1].strip()
     assert len(text.split()) >= 5  # real words from the real tokenizer
 
     # Step 4 on a byte-level BPE model with tied embeddings: every file checked in llama.cpp
     # itself, f16 and q8_0 also read back by transformers, q4_k_m from llama.cpp's quantizer.
-    run_script(project, "4_export_gguf.py", "--name", "smol")
-    record = json.loads((stages.folder(project, "2c") / "gguf" / "export.json").read_text())
+    run_script(project, "4_export_gguf.py", *TINY, "--name", "smol")
+    record = json.loads((stages.folder(work, "2c") / "gguf" / "export.json").read_text())
     f16, q8 = record["smol-f16.gguf"]["round_trip"], record["smol-q8_0.gguf"]["round_trip"]
     print("real-model round trip:", {"f16": f16, "q8_0": q8},
           {name: r["bytes"] for name, r in record.items()})
@@ -115,6 +117,6 @@ def test_every_step_runs_on_the_real_model_and_2c_learns(real_project, tmp_path,
     # shows as gibberish in llama.cpp) is caught and not published.
     from chateau import gguf_files
     monkeypatch.setattr(gguf_files, "_permute", lambda weights, n_head: weights)
-    out = run_script(project, "4_export_gguf.py", "--name", "badrope", "--types", "f16", check=False)
+    out = run_script(project, "4_export_gguf.py", *TINY, "--name", "badrope", "--types", "f16", check=False)
     assert out.returncode == 2 and "badrope-f16.gguf is not published: it failed its check in llama.cpp" in out.stderr
-    assert not (stages.folder(project, "2c") / "gguf" / "badrope-f16.gguf").exists()
+    assert not (stages.folder(work, "2c") / "gguf" / "badrope-f16.gguf").exists()
