@@ -1,9 +1,11 @@
 """The notebook's views of the project: each stage's curves from the TensorBoard logs under runs/
 (read as they are written, so they work while a stage is still training), the curriculum's
 story on one axis of tokens seen, a line per stage from its metrics.json, the samples each stage
-wrote while training, the scoreboard's new measures as a plot, the continuations and the exported
-files (step 4 run from the notebook, its output streamed). The cells that load models run inside
-`models_released()`: the notebook holds no model, nor PyTorch's GPU cache, between cells."""
+wrote while training, the imprint dial of a stage trained in passes (each pass's figures, and the
+seed's own test at its first, published and last pass), the scoreboard's new measures as a plot,
+the continuations and the exported files (step 4 run from the notebook, its output streamed). The
+cells that load models run inside `models_released()`: the notebook holds no model, nor PyTorch's
+GPU cache, between cells."""
 import contextlib
 import gc
 import json
@@ -14,8 +16,9 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
-from chateau import stages
+from chateau import dial, stages
 from chateau import cli
 
 # One colour per validation set, the same in every plot (by prepare stage); training loss in black.
@@ -42,11 +45,17 @@ def read_scalars(log_dir):
     return {tag: sorted(points) for tag, points in scalars.items()}
 
 
+def by_validation_set(named, prefix):
+    """{prepare stage: value} of the entries of `named` whose key is `<prefix><run name>_loss`: a
+    validation set's loss as the TensorBoard logs ("eval/") or a pass's record ("eval_") name it."""
+    by_run = {stages.stage(s).run_name: s for s in stages.PREPARE_STAGES}
+    runs = {key: key[len(prefix):-len("_loss")] for key in named if key.startswith(prefix) and key.endswith("_loss")}
+    return {by_run[run]: named[key] for key, run in runs.items() if run in by_run}
+
+
 def validation_curves(scalars):
     """{prepare stage: [(step, loss)]} of every validation set in a stage's logs."""
-    by_run = {stages.stage(s).run_name: s for s in stages.PREPARE_STAGES}
-    return {by_run[tag[len("eval/"):-len("_loss")]]: points for tag, points in scalars.items()
-            if tag.startswith("eval/") and tag.endswith("_loss") and tag[len("eval/"):-len("_loss")] in by_run}
+    return by_validation_set(scalars, "eval/")
 
 
 def smooth(values, weight=0.9):
@@ -248,15 +257,20 @@ def with_code(message):
     return "".join(f"`{part}`" if i % 2 else part.translate(MARKDOWN_SPECIAL) for i, part in enumerate(parts))
 
 
+def model_block(title, text):
+    """A model's continuation under its title, quoted. A model that could not be loaded (its reason
+    in parentheses, as generation.side_by_side gives it) is one line of status beside its title,
+    outside the quote, where its command reads as code."""
+    if text.startswith("(") and text.endswith(")"):
+        return f"**{title}**: not available: {with_code(text[1:-1])}"
+    return f"**{title}**\n\n{quote(text)}"
+
+
 def side_by_side_block(stage, text):
-    """One block of "trying the models": the prompt, or a stage's continuation under its name. A
-    stage that could not be loaded (generation.side_by_side gives its reason in parentheses) is one
-    line of status beside its name, outside the quote, where its command reads as code."""
+    """One block of "trying the models": the prompt, or a stage's continuation under its name."""
     if stage == "prompt":
         return f"**Prompt**, a passage of the novel's held-out slice:\n\n{quote(text)}"
-    if text.startswith("(") and text.endswith(")"):
-        return f"**{stages.label(stage)}**: not available: {with_code(text[1:-1])}"
-    return f"**{stages.label(stage)}**\n\n{quote(text)}"
+    return model_block(stages.label(stage), text)
 
 
 def last_words(text, at_least=60):
@@ -312,6 +326,132 @@ def continuation_markdown(path, project):
         f":\n\n{quote(last_words(source[1]))}\n\n")
     return (f"### {title.translate(MARKDOWN_SPECIAL)}\n\n`{path}`\n\n<details><summary>settings</summary>\n\n{folded}\n\n"
             f"</details>\n\n{before}The continuation:\n\n{quote(body)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The imprint dial, seen as its author saw it: a stage trained in passes (chateau/dial.py), each
+# pass's figures from its metrics.json, and the seed's own test of a model at three of its passes.
+
+SEED_PROMPT = "K. ouvrit la porte."  # the seed's (the project's first public attempt) test of a model, as bench/real_dial.py's
+
+
+class Passes(NamedTuple):
+    records: list     # one per pass (chateau/dial.py's record), in order
+    published: int    # the pass the stage publishes (the dial's pick, or the one `python -m chateau.dial` moved it to)
+    rule: dict        # the rule's thresholds the stage was trained with (max_extraction, loss_tolerance)
+
+
+def passes(project, stage):
+    """Stage `stage`'s passes from its metrics.json; no records for a stage without passes or not finished."""
+    metrics = read_json(stages.folder(project, stage) / "metrics.json") or {}
+    return Passes(metrics.get("passes") or [], metrics.get("published_pass"), metrics.get("dial") or {})
+
+
+def dial_stage(project, preferred=dial.Settings.stage):
+    """The stage the dial view shows: `preferred` (2d, the dial's own default) when it has passes,
+    else the first stage that has (2c, on the curriculum's default path), else `preferred`."""
+    with_passes = [s for s in stages.TRAIN_STAGES if passes(project, s).records]
+    return preferred if preferred in with_passes or not with_passes else with_passes[0]
+
+
+def no_passes(project, stage):
+    """What the dial view says of a stage without passes (not trained, or trained without them)."""
+    known = read_json(stages.folder(project, stage) / "metrics.json") is not None
+    return with_code(f"{stages.label(stage)}: " + ("trained without passes: no pass to show" if known else
+                                                   f"not trained yet: {stages.stage(stage).hint()}"))
+
+
+def dial_table(project, stage):
+    """A Markdown table of stage `stage`'s passes, one row each: tokens seen, the held-out losses
+    (the novel's, and each other validation set's: French), extraction of the training text and of
+    the held-out control, the novel's lexicon per 1,000 words of its samples; the published pass
+    marked. Beneath it, the sizes of the measure and the rule that picked the pass."""
+    records, published, rule = passes(project, stage)
+    if not records:
+        return no_passes(project, stage)
+    measured = (read_json(stages.folder(project, stage) / "settings.json") or {}).get("dial", {})
+    others = [d for d in by_validation_set(records[0]["validation_loss"], "eval_") if d != stages.NOVEL_DATA]
+    percent = lambda share: f"{100 * share:.1f}%"
+    head = (["pass", "tokens seen", f"held-out loss: {stages.stage(stages.NOVEL_DATA).title} ↓"] +
+            [f"held-out loss: {stages.stage(d).title}" for d in others] +
+            ["extracted: training text ↓", "extracted: held-out (control)", "lexicon /1000 ↑"])
+    lines = ["| " + " | ".join(head) + " |", "|:--|" + "--:|" * (len(head) - 1)]
+    for record in records:
+        losses, memorized = by_validation_set(record["validation_loss"], "eval_"), record["memorization"]
+        lexicon = record.get("lexicon_per_1000")
+        cells = ([f"**{record['pass']}** (published)" if record["pass"] == published else str(record["pass"]),
+                  f"{record['tokens_seen']:,}", f"{losses[stages.NOVEL_DATA]:.4f}"] + [f"{losses[d]:.4f}" for d in others] +
+                 [percent(memorized["train"]["extracted"]), percent(memorized["heldout"]["extracted"]),
+                  "—" if lexicon is None else f"{lexicon:.1f}"])
+        lines.append("| " + " | ".join(cells) + " |")
+    sizes = (f"Recitation at {records[0]['memorization']['train']['positions']} positions of the training text and as many "
+             f"of the held-out slice" + (f", each a {measured['prefix']}-token prefix and its true {measured['suffix']}-token "
+                                         f"suffix" if "prefix" in measured else ""))
+    picked = (f"; the rule: among the passes that reproduce at most {rule['max_extraction']:.0%} of the training positions "
+              f"and whose held-out novel loss is within {rule['loss_tolerance']:.0%} of the lowest, the latest"
+              if rule else "")
+    return f"**{stages.label(stage)}**, {len(records)} passes of the novel\n\n" + "\n".join(lines) + f"\n\n{sizes}{picked}."
+
+
+def plot_dial(project, stage):
+    """Stage `stage`'s passes in two small panels: the held-out losses per pass, and how much of the
+    training text each pass recites against the held-out control, with the rule's limit; the
+    published pass marked in both."""
+    import matplotlib.pyplot as plt
+    records, published, rule = passes(project, stage)
+    if not records:
+        return None
+    numbers = [r["pass"] for r in records]
+    fig, (loss_ax, recite_ax) = plt.subplots(1, 2, figsize=(11, 3.4))
+    losses = [by_validation_set(r["validation_loss"], "eval_") for r in records]
+    for data in losses[0]:
+        loss_ax.plot(numbers, [loss[data] for loss in losses], color=COLOURS.get(data), marker="o", ms=4,
+                     label=f"held-out: {stages.stage(data).title}")
+    extracted = {split: [100 * r["memorization"][split]["extracted"] for r in records] for split in ("train", "heldout")}
+    recite_ax.plot(numbers, extracted["train"], color=COLOURS[stages.NOVEL_DATA], marker="o", ms=4, label="training text")
+    recite_ax.plot(numbers, extracted["heldout"], color=COLOURS[stages.NOVEL_DATA], marker="o", ms=4, ls="--",
+                   label="held-out slice (control)")
+    limit = 100 * rule.get("max_extraction", 0)
+    if limit:
+        recite_ax.axhline(limit, color="black", lw=0.8, ls="-.", label=f"the rule's limit ({limit:g}%)")
+    # Room above the rule's limit and the highest point; at least 0-1%, so that no recitation reads as a flat line at 0.
+    recite_ax.set_ylim(0, 1.15 * max(2 * limit, *extracted["train"], *extracted["heldout"], 1))
+    for ax in (loss_ax, recite_ax):
+        ax.axvline(published, color="grey", ls=":", lw=1.2, label=f"published: pass {published}")
+        ax.set(xlabel="pass", xticks=numbers)
+        ax.legend(fontsize=8, loc="best")
+    loss_ax.set(title=f"{stages.label(stage)}: held-out loss per pass", ylabel="loss (nats/token)")
+    recite_ax.set(title="Recitation per pass", ylabel="suffixes reproduced exactly (%)")
+    fig.tight_layout()
+    return fig
+
+
+def seed_test_blocks(project, stage, sampling, prompt=SEED_PROMPT, base_model=stages.BASE_MODEL):
+    """The seed's own test at the first, the published and the last pass of `stage`, as Markdown
+    blocks: what it is, then each pass's continuation of `prompt` as soon as it is written. Each
+    pass is loaded as step 3's `--epoch` loads it (generation.load_stage), one model at a time, and
+    continues the prompt with `sampling` (the same seed for every pass); a pass that cannot be loaded
+    (its folder deleted) is its one line. Nothing for a stage without passes (dial_table says why)."""
+    from chateau import generation
+    records, published, _ = passes(project, stage)
+    if not records:
+        return
+    shown = sorted({records[0]["pass"], published, records[-1]["pass"]})
+    yield (f"The seed's own test: *{prompt.translate(MARKDOWN_SPECIAL)}* continued by {stages.label(stage)} at its first, "
+           f"published and last pass ({', '.join(map(str, shown))}): {sampling.new_tokens} tokens, temperature "
+           f"{sampling.temperature}, top-p {sampling.top_p}, repetition penalty {sampling.repetition_penalty}, "
+           f"seed {sampling.seed} for each")
+    model = None
+    for number in shown:
+        del model  # the previous pass's model goes before the next one loads
+        model = None
+        title = f"pass {number}" + (" (published)" if number == published else "")
+        try:
+            model, tokenizer = generation.load_stage(project, stage, base_model, epoch=number)
+        except cli.StageError as missing:
+            yield model_block(title, f"({missing.message})")
+            continue
+        yield model_block(title, generation.generate_from_prompts(model, tokenizer, sampling, [prompt])[0].strip())
 
 
 # ---------------------------------------------------------------------------------------------

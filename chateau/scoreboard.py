@@ -1,11 +1,20 @@
 """The scoreboard: did each stage move the model the way it should, and did 2c learn the novel's
 world and voice rather than recite it?
 
-One row per finished stage (base, 2a, 2b, 2c, 2d), every figure measured the same way for each:
-- perplexity on the novel's held-out slice (should fall at 2c) and on held-out French books
-  (should fall at 2a/2b, and not rise much at 2c);
+One row per finished model stage (the base model, then every train stage of the stage table: 2a,
+2b, 2c, 2d, ...), every figure measured the same way for each:
+- perplexity and bits per byte (below) on the novel's held-out slice (should fall at 2c) and on
+  held-out French books (should fall at 2a/2b, and not rise much at 2c);
 - the next-passage test (chateau.next_passage): does the model pick the true continuation of a
   1,000-token held-out context among six? Likelihoods only;
+- memorization of the novel's training text, as the imprint dial measures each pass
+  (chateau/memorization.py, with the dial's settings as `--memorization-*`, chateau/dial.py's
+  DialSettings): at positions of the novel's training text (rebuilt from 1c's windows, as the
+  dial's passes see it, in 1c's window length), does greedy decoding from a 50-token prefix
+  reproduce the true 50-token suffix (`extracted_train`), how many tokens does it agree before the
+  first difference (`agreed_tokens_train`), how probable is the true suffix, teacher-forced; the
+  same at positions of the held-out slice (`..._heldout`), the control: what a model reproduces of
+  text it never saw. The same positions for every stage;
 - over samples drawn until they hold ~5,000 words (what stylometry needs), each continuing a
   passage of the novel's held-out slice:
   - `told_apart`: the blind discriminator (chateau.discriminator): how well a classifier on
@@ -18,9 +27,33 @@ One row per finished stage (base, 2a, 2b, 2c, 2d), every figure measured the sam
   - `delta_novel`, `delta_french`: Burrows' Delta over the French corpus's most frequent words
     between the samples and the novel's held-out slice, and held-out French (lower = closer);
   - artifacts (page numbers, running heads, source lines) per 1,000 words, distinct-2.
-Two reference rows measure the held-out novel and held-out French the same way, for scale.
-`COLUMNS` says what each column is and which way is better. Saved as output/scoreboard.json
-(rows, references, sizes, samples, the lexicon) and output/scoreboard.csv.
+Two reference rows measure the held-out novel and held-out French the same way, for scale (no
+model: they have no likelihood and no memorization figure). A stage trained in passes is scored
+at its published pass (the dial's pick); `--epoch N` scores pass N of `--epoch-stage` (2d by
+default) instead, its row labelled with the pass. `COLUMNS` says what each column is and which way
+is better. Saved as output/scoreboard.json (rows, references, sizes, samples, the lexicon) and
+output/scoreboard.csv.
+
+Bits per byte: perplexity per token depends on the tokenizer (a tokenizer with longer tokens
+predicts fewer, harder ones), so two models with different vocabularies cannot be compared by it;
+bits per byte of UTF-8 text can. Over the same rows as the perplexity (the first
+`--max-eval-samples` rows of the validation split, fixed-length windows of token ids):
+
+    bits per byte = (sum over rows of the negative log-likelihood, in nats, of the row's
+                     predicted tokens) / ln 2 / (sum over rows of the UTF-8 bytes of
+                     tokenizer.decode(the row's predicted tokens, skip_special_tokens=True))
+
+- The predicted tokens of a row are all but its first: the first token of each window has no
+  context and is not predicted; its loss is not counted and neither are its bytes (a window that
+  starts a document starts with BOS, which is thus never counted).
+- A special token that is predicted (EOS where a window reaches the end of a book; BOS, pad) has
+  its loss counted (it is part of the per-token loss beside it) and no bytes (it is no text).
+- The loss is the one the perplexity is made of (chateau.training.validation_loss, the mean over
+  every predicted token; its rows have no padding), so perplexity = exp(nats / predicted tokens).
+- The bytes are those of each row's decoded text as the tokenizer decodes it: a decoder that drops
+  the space before the first word it decodes (a Llama tokenizer's "▁" at the start) does so once
+  per row, and a character cut at a window's edge (byte-fallback tokens) decodes to U+FFFD (3
+  bytes): a few bytes per window of thousands.
 """
 import csv
 import dataclasses
@@ -36,9 +69,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from chateau import discriminator, generation, lineage, models, next_passage, prepared, stages
+from chateau import dial, discriminator, generation, lineage, memorization, models, next_passage, prepared, stages
 from chateau.cleaning import GALLICA_SOURCE, is_page_number
-from chateau.cli import StageError, parse_settings, positive, run, setting, write_atomic
+from chateau.cli import StageError, group, parse_settings, positive, run, setting, write_atomic
 
 WORD = re.compile(r"[^\W\d_]+")  # letters only: "l'auberge" -> "l", "auberge"
 LEXICON_SIZE = 100    # the novel's most characteristic words
@@ -168,10 +201,23 @@ def distinct_n(texts, n=2):
     return len(set(grams)) / max(1, len(grams))
 
 
-def perplexity(model, dataset, batch_size=4, max_samples=64):
-    """exp(mean token loss) over the first `max_samples` rows of a prepared validation split."""
+class HeldOutLoss(NamedTuple):
+    perplexity: float      # per token: exp(mean loss of the predicted tokens)
+    bits_per_byte: float   # per byte of UTF-8 text: comparable across tokenizers
+
+
+def held_out_loss(model, tokenizer, dataset, batch_size=4, max_samples=64):
+    """Perplexity and bits per byte over the first `max_samples` rows of a prepared validation
+    split, from one pass of the model over them: what each counts is stated in the module's
+    docstring (the first token of a row is not predicted; predicted special tokens count their loss
+    and no bytes)."""
     from chateau.training import validation_loss
-    return math.exp(validation_loss(model, dataset.select(range(min(max_samples, len(dataset)))), batch_size))
+    rows = dataset.select(range(min(max_samples, len(dataset))))
+    mean_nats = validation_loss(model, rows, batch_size)  # per predicted token: every row's tokens but its first
+    ids = rows[prepared.INPUT_IDS]
+    predicted_tokens = sum(len(row) - 1 for row in ids)
+    text_bytes = sum(len(tokenizer.decode(row[1:], skip_special_tokens=True).encode("utf-8")) for row in ids)
+    return HeldOutLoss(perplexity=math.exp(mean_nats), bits_per_byte=mean_nats * predicted_tokens / math.log(2) / text_bytes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,9 +304,13 @@ FORMS = {stages.FULL_MODEL: "full model", stages.ADAPTER: "adapter on its base, 
          stages.MERGED: "merged model (merged/)"}
 
 
-def form(stage):
-    """Which form of a stage's model the scoreboard scored (the table says what it produces)."""
-    return "base model" if stage == "base" else FORMS[stages.stage(stage).produces]
+def form(stage, epoch=0):
+    """Which form of a stage's model the scoreboard scored (the table says what it produces; pass
+    `epoch` of a merged stage is its adapter, applied unmerged on its base: generation.load_stage)."""
+    if stage == "base":
+        return "base model"
+    produces = stages.stage(stage).produces
+    return FORMS[stages.ADAPTER if epoch and produces == stages.MERGED else produces]
 
 
 def finished_stages(project, model_stages, base_model, allow_stale=False):
@@ -287,6 +337,29 @@ def finished_stages(project, model_stages, base_model, allow_stale=False):
     return kept, notes
 
 
+def as_the_dial_measures(name):
+    """The field `name` of the dial's settings (chateau/dial.py DialSettings), its default and help:
+    declared there once, for the passes and the scoreboard alike."""
+    field = {f.name: f for f in dataclasses.fields(dial.DialSettings)}[name]
+    return dataclasses.field(default=field.default, metadata=field.metadata)
+
+
+@dataclass
+class MemorizationSettings:
+    """The memorization measure's settings, the dial's own fields (`--memorization-*`): each stage
+    is measured as each pass is. The dial's other fields (its rule's thresholds, its style
+    samples) choose a pass, which the scoreboard never does."""
+    positions: int = as_the_dial_measures("positions")
+    prefix: int = as_the_dial_measures("prefix")
+    suffix: int = as_the_dial_measures("suffix")
+
+    def problems(self):
+        return [f"--memorization-{problem[2:]}" for problem in positive(self, "positions", "prefix", "suffix")]
+
+
+DIALLED = ", ".join(s.name for s in stages.TABLE if dial.is_dialled(s.name))  # the stages trained in passes: "2c, 2d"
+
+
 @dataclass
 class Settings:
     """python -m chateau.scoreboard [--project-dir DIR]: every finished stage scored, the table printed.
@@ -302,12 +375,21 @@ class Settings:
     next_passage_items: int = setting(40, "items of the next-passage test (0: skip it)")
     context_tokens: int = setting(next_passage.CONTEXT_TOKENS, "context of each next-passage item, in tokens")
     candidate_tokens: int = setting(next_passage.CANDIDATE_TOKENS, "length of each next-passage candidate, in tokens")
-    max_eval_samples: int = setting(64, "validation rows per perplexity")
+    max_eval_samples: int = setting(64, "validation rows per perplexity (and bits per byte)")
     allow_stale: bool = setting(False, "score stages whose inputs changed since they were trained too (marked stale)")
+    epoch: int = setting(0, "score pass N of --epoch-stage instead of its published pass (0: the published one, the dial's pick)")
+    epoch_stage: str = setting(dial.Settings.stage, f"the stage trained in passes whose pass --epoch scores: {DIALLED}")
+    memorization: MemorizationSettings = group(MemorizationSettings, "memorization",
+                                               "memorization of the novel's training text, measured as the dial measures each pass")
 
     def problems(self):
-        return positive(self, "words", "sample_tokens", "batch_size", "chunk_words", "context_tokens",
-                        "candidate_tokens", "max_eval_samples") + positive(self, "next_passage_items", allow=(0,))
+        out = positive(self, "words", "sample_tokens", "batch_size", "chunk_words", "context_tokens",
+                       "candidate_tokens", "max_eval_samples") + positive(self, "next_passage_items", allow=(0,))
+        if self.epoch < 0:
+            out.append(f"--epoch must be >= 0 (got {self.epoch}; 0 is the published pass)")
+        if not dial.is_dialled(self.epoch_stage):
+            out.append(f"--epoch-stage {self.epoch_stage}: only a stage trained in passes has them ({DIALLED})")
+        return out + self.memorization.problems()
 
 
 def load_settings(config=""):
@@ -331,12 +413,36 @@ def samples_until(model, tokenizer, sampling, prompts, target_words, batch_size,
     return texts
 
 
+def check_asked_pass(project, settings):
+    """A `--epoch` pass that is not there stops the scoreboard before it scores any stage, not when
+    its stage's turn comes minutes later, with step 3's error line for it: generation.load_stage
+    says it (or that the stage is not finished) before it loads any weight."""
+    if settings.epoch and not dial.pass_dir(project, settings.epoch_stage, settings.epoch).is_dir():
+        generation.load_stage(project, settings.epoch_stage, settings.base_model, settings.allow_stale, epoch=settings.epoch)
+
+
+def novel_training_text(project, novel):
+    """The novel's training text as the dial's passes see it (rebuilt from 1c's overlapping windows:
+    each token once), in rows of 1c's window length: where memorization is measured, the same
+    positions for every stage."""
+    return dial.pass_samples(novel["train"], prepared.read_manifest(stages.folder(project, stages.NOVEL_DATA)), 0)
+
+
+def memorization_figures(measured):
+    """memorization.measure's two splits as a row's flat figures: extracted_train,
+    agreed_tokens_heldout, ... (a column each), and the positions they rest on."""
+    return {"memorization_positions": measured["train"].positions,
+            **{f"{name}_{split}": value for split, figures in measured.items()
+               for name, value in dataclasses.asdict(figures).items() if name != "positions"}}
+
+
 def build(project, settings=None, model_stages=stages.MODEL_STAGES, progress=print):
     """Score every finished stage (a stale one only with `allow_stale`, marked so); write
     output/scoreboard.{json,csv}; return the board (rows, reference rows, sizes)."""
     from datasets import load_from_disk
     settings = settings or Settings()
     sampling = generation.Sampling(new_tokens=settings.sample_tokens)
+    check_asked_pass(project, settings)
     kept, notes = finished_stages(project, model_stages, settings.base_model, settings.allow_stale)
     for note in notes:
         progress(f"scoreboard: skipped {note}")
@@ -344,34 +450,45 @@ def build(project, settings=None, model_stages=stages.MODEL_STAGES, progress=pri
     tokenizer = models.load_tokenizer(stages.model_dir(project, kept[0], settings.base_model)) if kept else None
     refs = references(project, tokenizer, 64) if kept else None
     if kept:
-        novel_validation = load_from_disk(str(stages.folder(project, stages.NOVEL_DATA)))["validation"]
+        novel = load_from_disk(str(stages.folder(project, stages.NOVEL_DATA)))
+        novel_validation, novel_training = novel["validation"], novel_training_text(project, novel)
         french_validation = load_from_disk(str(stages.folder(project, refs.french_stage)))["validation"]
         items = next_passage.build_items(tokenizer, refs.held_out_text, settings.next_passage_items,
                                          settings.context_tokens, settings.candidate_tokens)
     rows, samples = [], {}
+    memorized = settings.memorization
     for number, stage in enumerate(kept, 1):
         began = time.time()
-        model, tokenizer = generation.load_stage(project, stage, settings.base_model, allow_stale=settings.allow_stale)
+        epoch = settings.epoch if stage == settings.epoch_stage else 0
+        model, tokenizer = generation.load_stage(project, stage, settings.base_model, allow_stale=settings.allow_stale,
+                                                 epoch=epoch)
+        stale = stage != "base" and lineage.stale_reason(project, stage)
+        label = stage + (f" (pass {epoch})" if epoch else "") + (" (stale)" if stale else "")
+        which = "" if stage == "base" else dial.which_pass(project, stage, epoch)
         texts = samples_until(model, tokenizer, sampling, refs.prompts, settings.words, settings.batch_size,
                               expected_words_per_sample=settings.sample_tokens // 2)
-        samples[stage] = texts
+        samples[label] = texts
         generated = time.time() - began
         passage = next_passage.score(model, items, settings.context_tokens, settings.candidate_tokens)
-        stale = stage != "base" and lineage.stale_reason(project, stage)
+        novel_loss, french_loss = (held_out_loss(model, tokenizer, validation, max_samples=settings.max_eval_samples)
+                                   for validation in (novel_validation, french_validation))
+        measured = memorization.measure(model, novel_training, novel_validation, memorized.positions, memorized.prefix,
+                                        memorized.suffix)
         rows.append({
-            "stage": stage + (" (stale)" if stale else ""), "form": form(stage),
-            "novel_perplexity": round(perplexity(model, novel_validation, max_samples=settings.max_eval_samples), 2),
-            "french_perplexity": round(perplexity(model, french_validation, max_samples=settings.max_eval_samples), 2),
+            "stage": label, "form": form(stage, epoch) + (f", {which}" if which else ""),
+            "novel_perplexity": round(novel_loss.perplexity, 2), "novel_bits_per_byte": round(novel_loss.bits_per_byte, 4),
+            "french_perplexity": round(french_loss.perplexity, 2), "french_bits_per_byte": round(french_loss.bits_per_byte, 4),
             "next_passage": passage.accuracy, "next_passage_95": [passage.low, passage.high], "next_passage_items": passage.items,
+            **memorization_figures(measured),
             **told_apart(texts, refs.held_out_text, settings.chunk_words),
             **score_texts(texts, refs),
             "samples": len(texts),
         })
-        progress(f"scoreboard: {stage} ({number}/{len(kept)}): {len(texts)} samples, {rows[-1]['words']:,} words in "
-                 f"{generated:.0f} s; next passage and perplexities in {time.time() - began - generated:.0f} s")
+        progress(f"scoreboard: {label} ({number}/{len(kept)}): {len(texts)} samples, {rows[-1]['words']:,} words in "
+                 f"{generated:.0f} s; next passage, perplexities and memorization in {time.time() - began - generated:.0f} s")
         del model
     board = {
-        "rows": rows, "references": reference_rows(refs, settings.chunk_words) if refs else [], "skipped": notes, "settings": settings.__dict__,
+        "rows": rows, "references": reference_rows(refs, settings.chunk_words) if refs else [], "skipped": notes, "settings": dataclasses.asdict(settings),
         "indicative": indicative(rows), "lexicon": refs.lexicon if refs else [],
         "prompts": refs.prompts if refs else [], "samples": samples,
     }
@@ -428,17 +545,35 @@ class Column(NamedTuple):
     better: str     # which way is better (↑, ↓, ↓ 0.5: towards 0.5), or "" when neither
     what: str       # what it is (the legend)
     form: str       # how its figures are written: a format spec, "interval", "percent" (the same decimals all down a column)
-    group: str      # "model": a likelihood of held-out text; "samples": a measure of the generated samples
+    group: str      # "model": a likelihood of held-out text; "memorization": what it reproduces of the novel's
+                    # training text (the held-out slice as control); "samples": a measure of the generated samples
 
 
-# One place for the scoreboard's columns, in the terminal table's order. The Markdown table splits
-# them by group: what each model predicts, then what it writes (13 columns do not fit a page).
+# One place for the scoreboard's columns, in the terminal table's order. The Markdown tables split
+# them by group: what each model predicts, what it recites, what it writes (21 columns do not fit a page).
 COLUMNS = [
-    Column("stage", "stage", "", "base model, each trained stage, and the two reference rows in parentheses", "", ""),
-    Column("novel_perplexity", "novel ppl", "↓", "perplexity on the novel's held-out slice", ".1f", "model"),
+    Column("stage", "stage", "", "base model, each trained stage (a pass asked with --epoch: \"2d (pass 2)\"), and the two "
+           "reference rows in parentheses", "", ""),
+    Column("novel_perplexity", "novel ppl", "↓", "perplexity on the novel's held-out slice (per token: it depends on the "
+           "tokenizer)", ".1f", "model"),
+    Column("novel_bits_per_byte", "novel bpb", "↓", "the same loss in bits per byte of the slice's UTF-8 text: comparable "
+           "across tokenizers", ".3f", "model"),
     Column("french_perplexity", "French ppl", "↓", "perplexity on held-out French books (should not rise much at 2c)", ".1f", "model"),
+    Column("french_bits_per_byte", "French bpb", "↓", "the same loss in bits per byte of their UTF-8 text", ".3f", "model"),
     Column("next_passage", "next passage", "↑", "next-passage accuracy: the true continuation of a held-out context picked among six "
            "(chance 0.17)", "interval", "model"),
+    Column("extracted_train", "extracted train", "↓", "share of positions of the novel's training text whose true suffix "
+           "greedy decoding reproduces exactly from its prefix (recitation)", "percent", "memorization"),
+    Column("extracted_heldout", "extracted held-out", "", "the same at positions of the held-out slice, never trained on: "
+           "the control", "percent", "memorization"),
+    Column("agreed_tokens_train", "agreed train", "↓", "suffix tokens greedy decoding gets right before its first "
+           "difference, mean over the training text's positions", ".1f", "memorization"),
+    Column("agreed_tokens_heldout", "agreed held-out", "", "the same on the held-out slice: the control", ".1f", "memorization"),
+    Column("suffix_logprob_per_token_train", "log-p train", "", "teacher-forced log-probability (nats) per true suffix "
+           "token, training text: it moves long before anything is recited; its excess over held-out is memorized",
+           ".2f", "memorization"),
+    Column("suffix_logprob_per_token_heldout", "log-p held-out", "", "the same on the held-out slice: the control", ".2f",
+           "memorization"),
     Column("told_apart", "told apart", "↓ 0.5", "blind discriminator's accuracy telling the samples from the novel (0.5: it cannot)",
            "interval", "samples"),
     Column("delta_novel", "Δ novel", "↓", "Burrows' Delta to the novel's held-out slice (150 most frequent words)", ".2f", "samples"),
@@ -510,9 +645,10 @@ def markdown_rows(head, body):
 
 
 def markdown_table(board):
-    """The board as two Markdown tables, each with its columns explained beneath (the notebook,
-    docs/results.md): what each model predicts of held-out text (likelihoods; the reference rows
-    have none), and what its samples are like (with the reference rows, for scale)."""
+    """The board as three Markdown tables, each with its columns explained beneath (the notebook,
+    docs/results.md): what each model predicts of held-out text and what it recites of the novel's
+    training text (no reference row: they have no model), and what its samples are like (with the
+    reference rows, for scale)."""
     if not board["rows"]:
         return "(no stage trained yet)"
     size = board["settings"]
@@ -520,18 +656,24 @@ def markdown_table(board):
     intervals = lambda key, rows: (f"- [a, b]: 95% interval of **{COLUMN[key].short}**, over {counts(rows, key)} "
                                    f"{SIZE_UNIT[key]}" if counts(rows, key) else None)
     everything = board["rows"] + board["references"]
-    model = [c for c in COLUMNS if c.group == "model"]
-    samples = [c for c in COLUMNS if c.group == "samples"]
+    of_group = lambda group: COLUMNS[:1] + [c for c in COLUMNS if c.group == group]
+    memorized = size["memorization"]
     parts = [f"**{board['indicative']}.**"] if board["indicative"] else []
     parts += [
         "**What each model predicts** of held-out text (likelihoods: nothing sampled)",
-        markdown_rows(*table_rows(board, COLUMNS[:1] + model, board["rows"], sizes=False)),
+        markdown_rows(*table_rows(board, of_group("model"), board["rows"], sizes=False)),
         "\n".join(legend("model") + list(filter(None, [intervals("next_passage", board["rows"])])) +
                   [f"- sizes: next passage: {size['context_tokens']}-token contexts, {size['candidate_tokens']}-token candidates; "
-                   f"perplexities over {size['max_eval_samples']} validation rows"]),
+                   f"perplexities and bits per byte over {size['max_eval_samples']} validation rows"]),
+        "**What each model recites** of the novel's training text, as the imprint dial measures each pass (greedy "
+        "continuations and teacher-forced likelihoods: nothing sampled), beside the held-out slice as the control",
+        markdown_rows(*table_rows(board, of_group("memorization"), board["rows"], sizes=False)),
+        "\n".join(legend("memorization") +
+                  [f"- sizes: {memorized['positions']} positions of the training text and as many of the held-out slice, "
+                   f"each a {memorized['prefix']}-token prefix and the true {memorized['suffix']}-token suffix"]),
         f"**What each model writes**: samples of {size['sample_tokens']} tokens, each continuing a passage of the novel's "
         f"held-out slice, until {size['words']:,} words per stage; two reference rows for scale",
-        markdown_rows(*table_rows(board, COLUMNS[:1] + samples, everything, sizes=False)),
+        markdown_rows(*table_rows(board, of_group("samples"), everything, sizes=False)),
         "\n".join(legend("samples") + list(filter(None, [intervals("told_apart", everything)])) +
                   [f"- sizes: discriminator: {size['chunk_words']}-word chunks"] +
                   [f"- **{name}**: {what}" for name, what in REFERENCES.items()]),

@@ -1,13 +1,24 @@
 """The continuation, the scoreboard, the downloads planner and the notebook."""
 import json
+import math
 import re
 
 import pytest
 
 from chateau import downloads, scoreboard, stages
 from chateau.cli import StageError
-from conftest import ROOT, fixtures, run_script
-from dev.runner import scoreboard_settings
+from conftest import ROOT, fixtures, one_error_line, run_script
+from dev.runner import call_script, scoreboard_settings
+
+TINY_SCOREBOARD = ROOT / "profiles" / "tiny" / "scoreboard.json"
+# The tiny scoreboard measures memorization as the tiny 2d measures each pass: the tiny novel's
+# held-out slice (two 128-token windows) has no room for the default 64 spans of 50 + 50 tokens.
+TINY_MEMORIZATION = json.loads(TINY_SCOREBOARD.read_text())["memorization"]
+
+
+def tiny_scoreboard(*flags):
+    """The scoreboard's tiny settings (profiles/tiny/scoreboard.json), `flags` beside them."""
+    return scoreboard_settings("tiny", *flags)
 
 
 
@@ -48,14 +59,33 @@ def test_artifacts_and_repetition_on_hand_written_texts():
 
 
 def test_scoreboard_rows_and_files(pipeline):
+    from chateau import lineage
     project = pipeline[0]
-    board = scoreboard.build(project, scoreboard_settings("tiny"))
+    board = scoreboard.build(project, tiny_scoreboard())
     rows = board["rows"]
     assert [r["stage"] for r in rows] == ["base", "2a", "2b", "2c", "2d"]  # every model stage of the table
     by = {r["stage"]: r for r in rows}
     assert by["2c"]["novel_perplexity"] < by["2b"]["novel_perplexity"]  # 2c imprinted the novel
     assert by["2d"]["novel_perplexity"] < by["2a"]["novel_perplexity"]  # and so did 2d, its alternative
     assert by["2a"]["french_perplexity"] < by["base"]["french_perplexity"]  # 2a learned French
+    published = lineage.read_metrics(project, "2d")["published_pass"]
+    assert by["2d"]["form"] == f"full model, pass {published} of 3 (the dial's pick)" and by["2a"]["form"] == "full model"
+    # Bits per byte rest on the perplexity's loss: every stage shares the tokenizer and the rows, so
+    # ln(perplexity) / bits per byte / ln 2 (bytes per predicted token) is one number per text, at
+    # least a byte per token (only special tokens have none) and less than a word.
+    bytes_per_token = {text: {math.log(r[f"{text}_perplexity"]) / r[f"{text}_bits_per_byte"] / math.log(2) for r in rows}
+                       for text in ("novel", "french")}
+    for ratios in bytes_per_token.values():
+        assert max(ratios) == pytest.approx(min(ratios), rel=2e-3) and 1 < min(ratios) < 8
+    assert min(bytes_per_token["novel"]) != pytest.approx(min(bytes_per_token["french"]), rel=2e-3)  # each text's own bytes
+    # Memorization for every stage, at the same positions: the training text and the held-out control.
+    for r in rows:
+        assert r["memorization_positions"] == TINY_MEMORIZATION["positions"]
+        for split in ("train", "heldout"):
+            assert 0 <= r[f"extracted_{split}"] <= 1 and 0 <= r[f"agreed_tokens_{split}"] <= TINY_MEMORIZATION["suffix"]
+            assert r[f"suffix_logprob_per_token_{split}"] < 0 and 0 < r[f"suffix_probability_{split}"] < 1
+    # 2d is 2a trained on the novel's training text: that text became more probable.
+    assert by["2d"]["suffix_logprob_per_token_train"] > by["2a"]["suffix_logprob_per_token_train"]
     # Samples are drawn until they hold the words asked for; every figure says what it rests on.
     assert all(r["words"] >= 300 and r["samples"] % 8 == 0 for r in rows)
     assert all(r["next_passage_items"] == 8 and 0 <= r["next_passage"] <= 1 for r in rows)
@@ -67,12 +97,55 @@ def test_scoreboard_rows_and_files(pipeline):
     # the references calibrate the measures: the held-out slice is the novel (Delta 0 to itself)
     novel, french = saved["references"]
     assert novel["stage"] == "(novel)" and novel["delta_novel"] == 0 and french["stage"] == "(French)"
-    assert (project / "output" / "scoreboard.csv").read_text().startswith("stage,form,novel_perplexity")
+    assert (project / "output" / "scoreboard.csv").read_text().startswith("stage,form,novel_perplexity,novel_bits_per_byte")
     text = scoreboard.format_table(board).splitlines()
-    assert text[0].split()[:4] == ["stage", "novel", "ppl", "↓"] and text[-1].startswith("indicative only")
+    assert text[0].split()[:8] == ["stage", "novel", "ppl", "↓", "novel", "bpb", "↓", "French"] and text[-1].startswith("indicative only")
     assert len(text) == 1 + 5 + 2 + 1 and len({len(line) for line in text[1:-1]}) <= 2  # aligned
+    # The reference rows have no model: no likelihood, no memorization, the absent cell's dash.
+    _, body = scoreboard.table_rows(board)
+    for reference in body[-2:]:
+        for key in ("novel_bits_per_byte", "extracted_train", "extracted_heldout", "agreed_tokens_train"):
+            assert reference[[c.key for c in scoreboard.COLUMNS].index(key)] == "—"
+    assert [scoreboard.COLUMN[k].better for k in ("extracted_train", "agreed_tokens_train", "novel_bits_per_byte")] == ["↓"] * 3
     markdown = scoreboard.markdown_table(board)
-    assert "| (novel) |" in markdown and "**told apart** ↓ 0.5" in markdown
+    assert "| (novel) |" in markdown and "**told apart** ↓ 0.5" in markdown and "**extracted train** ↓" in markdown
+    assert f"{TINY_MEMORIZATION['positions']} positions of the training text" in markdown
+
+
+def test_scoreboard_scores_the_pass_asked_for(pipeline):
+    """--epoch N scores pass N of 2d, its row labelled with the pass: the held-out loss of the
+    weights the dial kept in passes/pass-N/ (read here by transformers itself); without --epoch,
+    the published pass's."""
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM
+    from chateau import dial, lineage, training
+    project = pipeline[0]
+    metrics = lineage.read_metrics(project, "2d")
+    quick = ["--words", 1, "--sample-tokens", 4, "--next-passage-items", 0, "--max-eval-samples", 2]
+    validation = load_from_disk(str(stages.folder(project, "1c")))["validation"].select(range(2))
+    scored = {}
+    for record in metrics["passes"]:
+        number = record["pass"]
+        row, = scoreboard.build(project, tiny_scoreboard(*quick, "--epoch", number), model_stages=("2d",))["rows"]
+        kept = AutoModelForCausalLM.from_pretrained(dial.pass_dir(project, "2d", number)).eval()
+        assert row["stage"] == f"2d (pass {number})" and f"pass {number} of {len(metrics['passes'])}" in row["form"]
+        assert row["novel_perplexity"] == pytest.approx(math.exp(training.validation_loss(kept, validation)), abs=0.01)
+        scored[number] = row
+    assert len({row["novel_perplexity"] for row in scored.values()}) == len(scored)  # the passes differ
+    published, = scoreboard.build(project, tiny_scoreboard(*quick), model_stages=("2d",))["rows"]
+    same = scored[metrics["published_pass"]]
+    assert published["stage"] == "2d" and all(published[k] == same[k] for k in ("novel_perplexity", "extracted_train",
+                                                                                 "suffix_logprob_per_token_train"))
+
+
+def test_scoreboard_refuses_a_pass_that_is_not_there_before_scoring_anything(pipeline):
+    project = pipeline[0]
+    missing = len(json.loads((stages.folder(project, "2d") / "passes.json").read_text())) + 1
+    out = call_script(project, "chateau/scoreboard.py", "--config", TINY_SCOREBOARD, "--epoch", missing, check=False)
+    one_error_line(out, f"--epoch {missing}: 2d has no pass {missing}")
+    assert "scoreboard:" not in out.stdout  # no stage scored, none skipped: the error came first
+    out = call_script(project, "chateau/scoreboard.py", "--epoch", 1, "--epoch-stage", "2a", check=False)
+    assert out.returncode == 2 and "--epoch-stage 2a: only a stage trained in passes has them (2c, 2d)" in out.stderr
 
 
 def test_batched_generation_reads_each_left_padded_prompt_as_if_it_were_alone(pipeline):
@@ -92,8 +165,8 @@ def test_scoreboard_skips_unfinished_stages_with_a_note(pipeline, tmp_path, caps
     project = tmp_path / "p"
     shutil.copytree(pipeline[0], project, ignore=shutil.ignore_patterns("checkpoint-*"))
     (stages.folder(project, "2b") / "metrics.json").unlink()  # as if 2b were still training
-    rows = scoreboard.build(project, scoreboard_settings("tiny", "--words", 1, "--sample-tokens", 4, "--next-passage-items", 0,
-                                                        "--max-eval-samples", 2))["rows"]
+    rows = scoreboard.build(project, tiny_scoreboard("--words", 1, "--sample-tokens", 4, "--next-passage-items", 0,
+                                                    "--max-eval-samples", 2))["rows"]
     assert [r["stage"] for r in rows] == ["base", "2a", "2d"]  # 2c was made from the 2b that is gone: stale
     out = capsys.readouterr().out
     assert "skipped 2b: not finished" in out and "step 2c is stale: 2b changed" in out
@@ -159,12 +232,12 @@ def markdown_tables(markdown):
     return tables
 
 
-def test_notebook_runs_top_to_bottom(pipeline, monkeypatch):
+def test_notebook_runs_top_to_bottom(pipeline, monkeypatch, tmp_path):
     import copy
     import nbformat
     from jupyter_client.kernelspec import KernelSpecManager
     from nbclient import NotebookClient
-    from chateau import lineage
+    from chateau import generation, lineage, monitor
     project = pipeline[0]
     if not (project / "output" / "continuation_2c.md").exists():
         run_script(project, "3_continue_kafka.py", *fixtures.TINY_CONTINUE)
@@ -178,7 +251,7 @@ def test_notebook_runs_top_to_bottom(pipeline, monkeypatch):
     probe.id = "test-probe"
     notebook.cells.append(probe)
     for name, value in dict(KAFKA_PROJECT_DIR=str(project), KAFKA_NEW_TOKENS="40", KAFKA_EXPORT="1",
-                            KAFKA_SCOREBOARD_CONFIG=str(ROOT / "profiles" / "tiny" / "scoreboard.json")).items():
+                            KAFKA_SCOREBOARD_CONFIG=str(TINY_SCOREBOARD)).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws the figures
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
@@ -214,12 +287,34 @@ def test_notebook_runs_top_to_bottom(pipeline, monkeypatch):
     assert blocks[0].startswith("**Prompt**") and len(blocks) == 1 + 5 and blocks[4].startswith("**2c: the novel")
     assert sum(b.startswith("**Prompt**") for b in blocks) == 1  # the prompt once, not in every block
 
-    # The scoreboard as two tables that fit a page, each column written with the same decimals.
-    predicts, writes = markdown_tables(text("scoreboard"))
-    assert predicts[0] == ["stage", "novel ppl ↓", "French ppl ↓", "next passage ↑"]
+    # The imprint dial of 2d (the tiny pipeline's has three passes): a row and a point per pass, the
+    # published one marked; then the seed's test at the first, published and last pass, each the
+    # text that pass's own weights write (the published pass: the stage's published weights).
+    dialled = lineage.read_metrics(project, "2d")
+    passes, published = dialled["passes"], dialled["published_pass"]
+    dial_table, = markdown_tables(text("dial"))
+    assert dial_table[0][:3] == ["pass", "tokens seen", "held-out loss: the novel ↓"] and len(dial_table) == 1 + len(passes)
+    assert [row[0] for row in dial_table[1:]] == [f"**{r['pass']}** (published)" if r["pass"] == published else str(r["pass"])
+                                                  for r in passes]
+    assert f"Recitation at {TINY_MEMORIZATION['positions']} positions" in text("dial")  # the sizes the tiny 2d measured with
+    assert f"each a {TINY_MEMORIZATION['prefix']}-token prefix" in text("dial") and images("dial") == 1
+    tested = [o["data"]["text/markdown"] for o in cells["dial-test"].outputs if o.output_type == "display_data"]
+    shown = sorted({1, published, len(passes)})
+    assert tested[0].startswith("The seed's own test: *K. ouvrit la porte.*") and "temperature 0.8, top-p 0.9" in tested[0]
+    assert [block.split("**")[1] for block in tested[1:]] == [f"pass {n}" + (" (published)" if n == published else "")
+                                                              for n in shown]
+    model, tokenizer = generation.load_stage(project, "2d")  # the published weights, not a pass's folder
+    published_text = generation.generate_from_prompts(model, tokenizer, generation.Sampling(new_tokens=40), ["K. ouvrit la porte."])[0]
+    assert monitor.quote(published_text.strip()) in tested[1 + shown.index(published)]
+    del model
+
+    # The scoreboard as three tables that fit a page, each column written with the same decimals.
+    predicts, recites, writes = markdown_tables(text("scoreboard"))
+    assert predicts[0] == ["stage", "novel ppl ↓", "novel bpb ↓", "French ppl ↓", "French bpb ↓", "next passage ↑"]
+    assert recites[0][:3] == ["stage", "extracted train ↓", "extracted held-out"] and len(recites) == 1 + 5
     assert writes[0][:2] == ["stage", "told apart ↓ 0.5"] and [r[0] for r in writes[1:]][-2:] == ["(novel)", "(French)"]
-    assert len(writes[0]) == 10 and all(len(r) == len(t[0]) for t in (predicts, writes) for r in t)
-    for table in (predicts, writes):
+    assert len(writes[0]) == 10 and all(len(r) == len(t[0]) for t in (predicts, recites, writes) for r in t)
+    for table in (predicts, recites, writes):
         for column in list(zip(*table[1:]))[1:]:
             decimals = {len(m.group(1) or "") for c in column for m in [re.match(r"[\d,]+(?:\.(\d+))?", c)] if m}
             assert len(decimals) <= 1, column
