@@ -63,7 +63,7 @@ def modelfile(gguf_name, settings, context_length):
     """Ollama's recipe: the file, no chat template (a completion model), the project's sampling,
     a context no longer than the file's (a sliding window caps it: gguf_files.gguf_context)."""
     sampling = generation.Sampling()
-    return (f"# ollama create {settings.name} -f Modelfile && ollama run {settings.name} \"K. ouvrit la porte.\"\n"
+    return (f"# ollama create {settings.name} -f Modelfile && ollama run {settings.name} \"{generation.SEED_PROMPT}\"\n"
             f"FROM ./{gguf_name}\n"
             f'TEMPLATE """{{{{ .Prompt }}}}"""\n'
             f"PARAMETER temperature {sampling.temperature}\n"

@@ -23,11 +23,16 @@ python -m chateau.doctor --quick || true &  # what this machine can do per stage
 # container when PID 1 exits or the grace period ends. So PID 1 forwards the signal to the running
 # steps (`docker exec ... python 2a_...py`, torchrun's workers included), which save a checkpoint
 # and stop, and waits for them. Give them the time: `docker stop -t 120 kafka` (README, Hardware).
-STEP='[0-9][a-d]?_(prepare|train|continue|export)_[A-Za-z_]*[.]py'
+# A step is a numbered script's process whose environment names this project (every `docker exec`
+# inherits the image's KAFKA_PROJECT_DIR): outside a container, the steps of other projects on the
+# same machine are not this entrypoint's to stop.
+STEP='[0-9][a-z]?_(prepare|train|continue|export)_[A-Za-z_]*[.]py'
 step_pids() {
   for cmdline in /proc/[0-9]*/cmdline; do
-    if tr '\0' ' ' < "$cmdline" 2>/dev/null | grep -qE "$STEP"; then
-      pid=${cmdline#/proc/}; echo "${pid%/cmdline}"
+    dir=${cmdline%/cmdline}
+    if tr '\0' ' ' < "$cmdline" 2>/dev/null | grep -qE "$STEP" &&
+       tr '\0' '\n' < "$dir/environ" 2>/dev/null | grep -qxF "KAFKA_PROJECT_DIR=$PROJECT"; then
+      echo "${dir#/proc/}"
     fi
   done
 }

@@ -12,6 +12,11 @@ from chateau import lineage, models, stages
 from chateau.cli import StageError, setting
 
 
+# The first public attempt's test of a model: 500 tokens from this prompt at the settings below.
+SEED_PROMPT = "K. ouvrit la porte."
+SEED_TEST_TOKENS = 500
+
+
 @dataclass
 class Sampling:
     """How every sample of the project is drawn: T 0.8, top-p 0.9, repetition penalty 1.1."""

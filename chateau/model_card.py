@@ -5,7 +5,7 @@ when there is one, how to run it, and its limits."""
 import json
 from pathlib import Path
 
-from chateau import dial, downloads, lineage, stages
+from chateau import dial, downloads, generation, lineage, stages
 
 TEXTS = ("Gallica's public-domain French books (PleIAs/French-PD-Books; public domain) and the French "
          "translation of Franz Kafka's *Das Schloss* (*Le Château*): Kafka's text is in the public domain; a "
@@ -59,9 +59,11 @@ def card(project, stage, name, files, epoch=0):
                                      "next_passage", "told_apart") if k in row}
         out += ["## Scoreboard (output/scoreboard.json)", "", *[f"- {k}: {v}" for k, v in shown.items()], ""]
     first = files[0][0] if files else f"{name}-q8_0.gguf"
+    sampling, prompt = generation.Sampling(), generation.SEED_PROMPT  # the project's sampling settings and the seed's test
     out += ["## Run it", "",
-            f"- llama.cpp: `llama-cli -m {first} --temp 0.8 --top-p 0.9 --repeat-penalty 1.1 -n 500 -p \"K. ouvrit la porte.\"`",
-            f"- Ollama: `ollama create {name} -f Modelfile`, then `ollama run {name} \"K. ouvrit la porte.\"`",
+            f"- llama.cpp: `llama-cli -m {first} --temp {sampling.temperature} --top-p {sampling.top_p} --repeat-penalty "
+            f"{sampling.repetition_penalty} -n {generation.SEED_TEST_TOKENS} -p \"{prompt}\"`",
+            f"- Ollama: `ollama create {name} -f Modelfile`, then `ollama run {name} \"{prompt}\"`",
             "- LM Studio: open the `.gguf` file.", "",
             "## Limits", "",
             "- A completion model, not a chat model: give it prose to continue, not a question.",

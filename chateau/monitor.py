@@ -332,9 +332,6 @@ def continuation_markdown(path, project):
 # The imprint dial, seen as its author saw it: a stage trained in passes (chateau/dial.py), each
 # pass's figures from its metrics.json, and the seed's own test of a model at three of its passes.
 
-SEED_PROMPT = "K. ouvrit la porte."  # the seed's (the project's first public attempt) test of a model, as bench/real_dial.py's
-
-
 class Passes(NamedTuple):
     records: list     # one per pass (chateau/dial.py's record), in order
     published: int    # the pass the stage publishes (the dial's pick, or the one `python -m chateau.dial` moved it to)
@@ -426,13 +423,14 @@ def plot_dial(project, stage):
     return fig
 
 
-def seed_test_blocks(project, stage, sampling, prompt=SEED_PROMPT, base_model=stages.BASE_MODEL):
+def seed_test_blocks(project, stage, sampling, prompt=None, base_model=None):
     """The seed's own test at the first, the published and the last pass of `stage`, as Markdown
     blocks: what it is, then each pass's continuation of `prompt` as soon as it is written. Each
     pass is loaded as step 3's `--epoch` loads it (generation.load_stage), one model at a time, and
     continues the prompt with `sampling` (the same seed for every pass); a pass that cannot be loaded
     (its folder deleted) is its one line. Nothing for a stage without passes (dial_table says why)."""
     from chateau import generation
+    prompt = prompt or generation.SEED_PROMPT
     records, published, _ = passes(project, stage)
     if not records:
         return

@@ -392,9 +392,10 @@ class Settings:
         return out + self.memorization.problems()
 
 
-def load_settings(config=""):
-    """The scoreboard's settings: the defaults (the real run's), or a profile file's (profiles/*/scoreboard.json)."""
-    return parse_settings(Settings, ["--config", str(config)] if config else [])
+def load_settings(config="", *flags):
+    """The scoreboard's settings: the defaults (the real run's), or a profile file's (profiles/*/scoreboard.json),
+    `flags` beside them (the notebook's --base-model)."""
+    return parse_settings(Settings, (["--config", str(config)] if config else []) + [str(f) for f in flags])
 
 
 MAX_SAMPLE_FACTOR = 4  # a stage that writes few words (EOS early) gets at most 4x the expected samples
@@ -679,6 +680,29 @@ def markdown_table(board):
                   [f"- **{name}**: {what}" for name, what in REFERENCES.items()]),
     ]
     return "\n\n".join(parts)
+
+
+BASES_COLUMNS = ("novel_bits_per_byte", "french_bits_per_byte", "novel_perplexity", "french_perplexity", "extracted_train",
+                 "lexicon_per_1000", "told_apart")
+
+
+def bases_table(project):
+    """Markdown: the scoreboards of every base with stages in the project (each base's own
+    output/scoreboard.json, stages.workspaces), side by side. Bits per byte first: perplexities per
+    token compare stages of one base only, since another tokenizer cuts the same text into other
+    tokens; bits per byte of the same held-out text compare any two models. (Each base's held-out
+    slice is the middle of the book counted in its own tokens: the same passage to within a window
+    at its edges; its French, the same held-out books.)"""
+    rows = []
+    for base_model, work in stages.workspaces(project).items():
+        path = stages.folder(work, "3") / "scoreboard.json"
+        if path.exists():
+            rows += [{**row, "base": base_model} for row in json.loads(path.read_text())["rows"]]
+    if not rows:
+        return "(no scoreboard yet: run the scoreboard for a base first)"
+    columns = [COLUMN[key] for key in BASES_COLUMNS]
+    return markdown_rows(["base", "stage", *map(header, columns)],
+                         [[row["base"], row["stage"], *(cell(row, c.key, sizes=False) for c in columns)] for row in rows])
 
 
 def main(argv=None):

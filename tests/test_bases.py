@@ -75,3 +75,21 @@ def test_a_second_base_with_the_same_folder_name_is_refused(fresh_project, tmp_p
     out = run_script(project, script, *tiny_flags(script), "--base-model", str(tmp_path / "Other"), check=False)
     assert out.returncode == 2 and "holds the stages of base models/Other" in out.stderr
     assert not (stages.workspace(project, "models/Other") / "data").exists()
+
+
+def test_a_merge_runs_where_the_bf16_weights_fit_and_says_where(inputs_dir, monkeypatch, capsys):
+    """models.merge_device: a 7B model's 14.5 GB do not fit a 12 GB card's free memory, so its
+    merge runs on the CPU, in a line; a model that fits merges on the GPU. (Without a GPU here, the
+    device's answers are simulated: what is tested is the decision, from the real parameter count.)"""
+    from chateau import models
+    model_dir = inputs_dir[0] / stages.BASE_MODEL
+    assert models.parameter_count(model_dir) == sum(p.numel() for p in load_file(model_dir / "model.safetensors").values())
+    monkeypatch.setattr(models, "use_cuda", lambda: True)
+    free = lambda gib: monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (int(gib * 2**30), 12 * 2**30))
+    free(11.6)
+    assert models.merge_device(model_dir) == "cuda" and "CPU" not in capsys.readouterr().out
+    monkeypatch.setattr(models, "parameter_count", lambda folder: 7_241_732_096)  # Mistral-7B-v0.1
+    assert models.merge_device(model_dir) == "cpu"
+    assert "the merge runs on the CPU" in capsys.readouterr().out
+    monkeypatch.setattr(models, "use_cuda", lambda: False)
+    assert models.merge_device(model_dir) == "cpu"

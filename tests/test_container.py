@@ -124,7 +124,7 @@ def test_docker_stop_lets_the_running_step_save_its_checkpoint(tmp_path):
     env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", KAFKA_PROJECT_DIR=str(project), JUPYTER_TOKEN="t" * 32)
     entry = subprocess.Popen(["sh", str(ROOT / "docker-entrypoint.sh")], env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    running = subprocess.Popen([sys.executable, str(step)])
+    running = subprocess.Popen([sys.executable, str(step)], env=env)  # a step of this project (its environment says so)
     try:
         deadline = time.time() + 30
         while not (tmp_path / "started").exists() and time.time() < deadline:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from chateau import downloads, scoreboard, stages
+from chateau import dial, downloads, scoreboard, stages
 from chateau.cli import StageError
 from conftest import ROOT, fixtures, one_error_line, run_script
 from dev.runner import call_script, scoreboard_settings
@@ -145,7 +145,7 @@ def test_scoreboard_refuses_a_pass_that_is_not_there_before_scoring_anything(pip
     one_error_line(out, f"--epoch {missing}: 2d has no pass {missing}")
     assert "scoreboard:" not in out.stdout  # no stage scored, none skipped: the error came first
     out = call_script(project, "chateau/scoreboard.py", "--epoch", 1, "--epoch-stage", "2a", check=False)
-    assert out.returncode == 2 and "--epoch-stage 2a: only a stage trained in passes has them (2c, 2d)" in out.stderr
+    assert out.returncode == 2 and f"--epoch-stage 2a: only a stage trained in passes has them ({dial.DIALLED})" in out.stderr
 
 
 def test_batched_generation_reads_each_left_padded_prompt_as_if_it_were_alone(pipeline):
@@ -241,6 +241,14 @@ def test_notebook_runs_top_to_bottom(pipeline, monkeypatch, tmp_path):
     project = pipeline[0]
     if not (project / "output" / "continuation_2c.md").exists():
         run_script(project, "3_continue_kafka.py", *fixtures.TINY_CONTINUE)
+    # A second base in the project: a tiny Mistral, its own data prepared with its own tokenizer
+    # (bases/Mistral-7B-v0.1/) and its scoreboard (the base model's row), for the side by side.
+    mistral = ["--base-model", fixtures.MISTRAL_MODEL]
+    if not (project / fixtures.MISTRAL_MODEL).exists():
+        fixtures.build_mistral(project)
+    for stage in ("1a", "1c"):
+        run_script(project, stages.script_of(stage), *fixtures.tiny_flags(stages.script_of(stage)), *mistral)
+    scoreboard.build(stages.workspace(project, fixtures.MISTRAL_MODEL), tiny_scoreboard(*mistral), model_stages=("base",))
     notebook = nbformat.read(ROOT / "notebook.ipynb", as_version=4)
     stored = copy.deepcopy(notebook.metadata)
     assert all(cell.get("id") for cell in notebook.cells)  # JupyterLab would add them and mark the file modified
@@ -284,7 +292,8 @@ def test_notebook_runs_top_to_bottom(pipeline, monkeypatch, tmp_path):
     assert images("curriculum") == 1 and images("scoreboard") == 1
     assert "| step | sample |" in text("samples")
     blocks = [o["data"]["text/markdown"] for o in cells["trying"].outputs if o.output_type == "display_data"]
-    assert blocks[0].startswith("**Prompt**") and len(blocks) == 1 + 5 and blocks[4].startswith("**2c: the novel")
+    assert blocks[0].startswith("**Prompt**") and len(blocks) == 1 + len(stages.MODEL_STAGES) and blocks[4].startswith("**2c: the novel")
+    assert all("`python 2" in blocks[1 + stages.MODEL_STAGES.index(s)] for s in ("2e", "2f"))  # not trained here: their commands
     assert sum(b.startswith("**Prompt**") for b in blocks) == 1  # the prompt once, not in every block
 
     # The imprint dial of 2d (the tiny pipeline's has three passes): a row and a point per pass, the
@@ -333,6 +342,13 @@ def test_notebook_runs_top_to_bottom(pipeline, monkeypatch, tmp_path):
     files = {row[0]: row for row in markdown_tables(export)[0][1:]}
     assert files["`kafka-chateau-q8_0.gguf`"][2] == "llama.cpp" and "→" in files["`kafka-chateau-q8_0.gguf`"][4]
     assert (project / "output" / "scoreboard.json").exists()
+
+    # Every base side by side, on bits per byte: TinyLlama's stages (the notebook's own scoreboard) and the Mistral base.
+    bases, = markdown_tables(text("bases"))
+    assert bases[0][:4] == ["base", "stage", "novel bpb ↓", "French bpb ↓"]
+    assert [row[:2] for row in bases[1:]] == [[stages.BASE_MODEL, s] for s in ("base", "2a", "2b", "2c", "2d")] + \
+        [[fixtures.MISTRAL_MODEL, "base"]]
+    assert all(re.fullmatch(r"\d+\.\d{3}", row[2]) for row in bases[1:])
 
 
 def test_an_unfinished_stage_is_a_line_with_its_command_not_a_quote(fresh_project):
