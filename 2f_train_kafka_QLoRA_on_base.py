@@ -28,6 +28,12 @@ class Settings(training.ImprintSettings, training.SampleLengthSettings, qlora.QL
     # The seed's rate: low for a LoRA (2c uses 2e-4). Whether 10 passes at 3e-5 move a 7B model
     # toward the book is what the dial's per-pass figures show; --lr is the knob if they do not.
     lr: float = setting(3e-5, "peak learning rate (LoRA)")
+    # 2e's adapter is continued: its rank and scale are 2e's, and these say so (they shape no new LoRA).
+    lora_r: int = setting(16, "LoRA rank (2e's: its adapter is continued)")
+    lora_alpha: int = setting(16, "LoRA scale numerator (2e's)")
+    # 128 of each validation set (the French one is 512-token samples of 1a): at 7B a validation
+    # of 512 costs about what a pass of the novel does, and the dial also measures every pass.
+    max_eval_samples: int = setting(128, "validation samples per evaluation, per validation set")
 
 
 def main(argv=None):

@@ -5,17 +5,22 @@ problem and its fix. Run it before the first step (the container runs the quick 
     python -m chateau.doctor            # everything, with the model probes (~10-60 s)
     python -m chateau.doctor --quick    # GPU, driver, memory, disk, RAM only (no probes; ~2 s)
     python -m chateau.doctor --project-dir /path/to/project
+    python -m chateau.doctor --base-model models/Mistral-7B-v0.1   # that base's stages (bases/<its folder name>/)
 
 Checks: the GPU(s) and the NVIDIA driver against this PyTorch's CUDA; compute capability (bf16);
-free GPU memory against each train stage's peak at its defaults; bitsandbytes' library and a 4-bit
+the base's path (a base whose full weights do not fit the card, e.g. a 7B model on 12 GB, takes
+QLoRA on its 4-bit self: 1a, 1c -> 2e -> 2f; decided from the estimates, said in one line); free
+GPU memory against each train stage's peak at its defaults; bitsandbytes' library and a 4-bit
 matmul with a LoRA backward; torchao's 8-bit AdamW step (compiled and timed on a GPU); SDPA /
 flash attention; free disk under the project folder against what the unfinished stages will
-write; RAM. The needs come from chateau/memory_plan.py (estimates; bench/train_bench.py measures).
+write; RAM (step 4's export, a merge that runs on the CPU). The needs come from
+chateau/memory_plan.py (estimates; bench/train_bench.py measures), for the base --base-model names
+(its config.json; default: the project's TinyLlama).
 
 Exit code 1 when a default stage cannot run here (a FAIL line), else 0. Without a GPU that is
 always so, unless the CPU is asked for on purpose (--device cpu / KAFKA_DEVICE=cpu). In Python
-(the notebook): `checks(quick=False) -> [Check(name, ok, text, blocking)]`, `report(checks)` the
-text, `main(argv)` both and the exit code.
+(the notebook): `checks(quick=False, project=None, base_model=None) -> [Check(name, ok, text,
+blocking)]`, `report(checks)` the text, `main(argv)` both and the exit code.
 """
 import argparse
 import importlib.metadata
@@ -74,9 +79,10 @@ def gpus():
             for i in range(torch.cuda.device_count())]
 
 
-def finished(project, name):
-    """Whether stage `name` has finished in `project`: a prepared folder's manifest, a train
-    stage's metrics.json (lineage's rule), an export's files at their default types."""
+def finished(project, name, end=stages.CURRICULUM_END):
+    """Whether stage `name` has finished in `project` (a base's workspace): a prepared folder's
+    manifest, a train stage's metrics.json (lineage's rule), an export's files (of stage `end`, the
+    path's model) at their default types."""
     step = stages.stage(name)
     if step.kind == "prepare":
         try:
@@ -87,21 +93,65 @@ def finished(project, name):
         return lineage.is_finished(project, name)
     if step.kind == "export":
         settings = memory_plan.stage_defaults(name)
-        return all((step.folder(project) / f"{settings['name']}-{kind}.gguf").exists()
+        return all((stages.export_dir(project, end) / f"{settings['name']}-{kind}.gguf").exists()
                    for kind in settings["types"].split(","))
     return False  # the continuation: a few kB, whether written or not
 
 
-def default_path():
-    """The stages of the curriculum's default path: the write and export stages and everything
-    they are made from (2d, the alternative imprint, is not on it)."""
-    todo, seen = [s.name for s in stages.TABLE if s.kind in ("write", "export")], set()
+def path_of(end):
+    """The stages of the path that ends at train stage `end`: everything it is made from (its
+    inputs, theirs...), then the write and export stages (steps 3 and 4, with --stage `end`)."""
+    todo, seen = [end], set()
     while todo:
         name = todo.pop()
         if name in stages.STAGES and name not in seen:  # "base", "gallica", "novel" are inputs, not stages
             seen.add(name)
             todo.extend(stages.stage(name).inputs)
-    return [s.name for s in stages.TABLE if s.name in seen]
+    return [s.name for s in stages.TABLE if s.name in seen or s.kind in ("write", "export")]
+
+
+def default_path():
+    """The stages of the curriculum's default path: the write and export stages and everything
+    they are made from (2d, the alternative imprint, is not on it; nor 2e, 2f)."""
+    return path_of(stages.CURRICULUM_END)
+
+
+# The path of a base whose full weights do not fit the card: the merged stage whose whole chain is
+# QLoRA on the 4-bit base itself (2e -> 2f), no full-weight stage before it.
+ON_BASE_END = next(s.name for s in stages.TABLE if s.produces == stages.MERGED
+                   and all(stages.stage(n).recipe == "qlora" for n in stages.path_to(s.name)))
+
+
+def chain(path, end):
+    """"1a, 1c → 2e → 2f": a path's data, then its train stages in training order."""
+    data = [n for n in path if stages.stage(n).kind == "prepare"]
+    return f"{', '.join(data)} → {' → '.join(stages.path_to(end))}"
+
+
+def choose_path(project, base_model, shape, free_gib, where):
+    """The path of `base_model` (its workspace: `project`) on this card (`free_gib` GiB free, said as `where`), decided from
+    the estimates: the curriculum's (its end, CURRICULUM_END) when its full-weight stages fit at
+    their defaults or a smaller --batch-size; else QLoRA on the 4-bit base (ON_BASE_END). Returns
+    (end, the Check that says so, or None for the default base on its default path)."""
+    full = [n for n in default_path() if stages.stage(n).recipe == "fullweight"]
+    needs = {n: memory_plan.train_memory(n, shape, memory_plan.sample_tokens(project, n), free_gib=free_gib,
+                                         project=project) for n in full}
+    if all(memory_plan.fits(n, shape, memory_plan.sample_tokens(project, n), free_gib, project=project) for n in full):
+        end = stages.CURRICULUM_END
+        if stages.inputs_dir(project) == Path(project):  # the project's own base (TinyLlama), on its own path
+            return end, None
+        text = (f"its full weights fit {where} ({'; '.join(f'{n}: ~{need.gib:.1f} GiB' for n, need in needs.items())}): "
+                f"the curriculum's path, {chain(path_of(end), end)}")
+    else:
+        end = ON_BASE_END
+        smallest = {n: memory_plan.train_memory(n, shape, memory_plan.sample_tokens(project, n), batch_size=1,
+                                                free_gib=free_gib, project=project) for n in full}
+        text = (f"its full weights do not fit {where} ("
+                + "; ".join(f"{n}: ~{needs[n].gib:.1f} GiB at its defaults, ~{smallest[n].gib:.1f} at --batch-size 1"
+                            for n in full)
+                + f"): its path is QLoRA on its 4-bit self, {chain(path_of(end), end)}, then steps 3 and 4 with "
+                  f"--stage {end}")
+    return end, Check("path", None, f"{base_model} ({shape.params / 1e9:.2f}B parameters, {shape.source}): {text}")
 
 
 def ram():
@@ -173,12 +223,12 @@ def driver_check(found, cpu):
     return Check("driver", True, f"NVIDIA driver {driver}; this PyTorch's CUDA {torch.version.cuda} needs {needed} or newer")
 
 
-def capability_check(found, pending, cpu):
+def capability_check(found, pending, cpu, path=None):
     name, capability = min(found, key=lambda gpu: gpu[1])
     text = f"{name}: compute capability {capability[0]}.{capability[1]}"
     if capability >= BF16_CAPABILITY:
         return Check("bf16", True, f"{text}, native bf16 (every recipe trains in bf16)")
-    training = [n for n in pending if stages.stage(n).kind == "train"]
+    training = [n for n in pending if stages.stage(n).kind == "train" and (path is None or n in path)]
     text += (", no native bf16: every train step refuses on it (bf16 weights, 4-bit compute and optimizer; fp16 would "
              "overflow)")
     if not training:
@@ -188,28 +238,37 @@ def capability_check(found, pending, cpu):
                                 f"run here)", blocking=not cpu)
 
 
-def memory_checks(project, shape, found, cpu, pending):
-    """One line per train stage: its estimated peak at its defaults against GPU 0's free memory
-    (or, with the CPU asked for, against the RAM available)."""
+def gpu_free(found, cpu):
+    """GiB free on GPU 0 where the steps will use it, else None."""
     import torch
+    return torch.cuda.mem_get_info(0)[0] / GIB if found and not cpu else None
+
+
+def memory_checks(project, shape, found, cpu, pending, path=None):
+    """One line per train stage: its estimated peak at its defaults against GPU 0's free memory
+    (or, with the CPU asked for, against the RAM available). `project`: the base's workspace;
+    `path`: the base's stages when it is not the curriculum's (the others only say their need)."""
     device = "cuda" if found and not cpu else "cpu"
-    free = torch.cuda.mem_get_info(0)[0] / GIB if device == "cuda" else None
+    free = gpu_free(found, cpu)
     available = ram()[1] if cpu else None
     out = []
     for name in stages.TRAIN_STAGES:
         settings = memory_plan.stage_defaults(name)
         tokens = memory_plan.sample_tokens(project, name, settings)
-        need = memory_plan.train_memory(name, shape, tokens, settings, "cuda" if not cpu else "cpu")
+        need = memory_plan.train_memory(name, shape, tokens, settings, "cuda" if not cpu else "cpu",
+                                        free_gib=free if free is not None else memory_plan.CARD_GIB, project=project)
         head = f"{need.setup}: ~{need.gib:.1f} GiB"
         label = f"memory {name}"
-        if name not in pending:
+        if path is not None and name not in path:
+            out.append(Check(label, None, f"{head}: not on this base's path"))
+        elif name not in pending:
             out.append(Check(label, True, f"{name} is finished ({head} to train it again)"))
         elif device == "cuda":
             text = f"{head}; {free:.1f} GiB free on GPU 0"
             if need.gib <= free:
                 out.append(Check(label, True, text))
                 continue
-            fit = memory_plan.largest_batch(name, shape, tokens, free, settings)
+            fit = memory_plan.largest_batch(name, shape, tokens, free, settings, project=project)
             fix = (f"pass --batch-size {fit[0]} (~{fit[1].gib:.1f} GiB; the tokens per step stay "
                    f"{settings['tokens_per_step']:,}, the accumulation grows)" if fit else
                    "it does not fit even at --batch-size 1: free the GPU (nvidia-smi shows what holds it) or use a "
@@ -380,13 +439,13 @@ def attention_check(device):
                                      "--batch-size if a step runs out of memory", blocking=False)
 
 
-def disk_check(project, shape, pending, device):
+def disk_check(project, shape, pending, device, path=None):
     where = Path(project)
     while not where.exists() and where != where.parent:
         where = where.parent
     free = shutil.disk_usage(where).free / GIB
     folder = str(project) + ("" if where == Path(project) else f" (not created yet; its disk: {where})")
-    on_path = default_path()
+    on_path = path or default_path()
     todo = [n for n in on_path if n in pending and stages.stage(n).kind != "write"]  # a chapter of text: kB
     plans = {n: memory_plan.stage_disk(n, shape, project, device) for n in todo}
     need = sum(p.kept_gib for p in plans.values()) + max([p.peak_gib - p.kept_gib for p in plans.values()], default=0)
@@ -394,7 +453,8 @@ def disk_check(project, shape, pending, device):
     text = (f"{free:.1f} GiB free under {folder}; the stages not finished yet ({', '.join(todo) or 'none'}) will write "
             f"~{need:.1f} GiB" + (f" ({'; '.join(f'{p.stage}: ~{p.kept_gib:.1f} GiB, {p.what}' for p in largest)})"
                                   if largest else ""))
-    others = [n for n in pending if n not in on_path and stages.stage(n).kind == "train"]
+    # Off the curriculum's path: the alternatives (2d; 2e, 2f). Off a base's own path: stages that do not fit.
+    others = [n for n in pending if n not in on_path and stages.stage(n).kind == "train"] if path is None else []
     if others:
         extra = sum(memory_plan.stage_disk(n, shape, project, device).kept_gib for n in others)
         text += f"; {', '.join(others)} (off the default path) would add ~{extra:.1f} GiB"
@@ -404,34 +464,58 @@ def disk_check(project, shape, pending, device):
                                 f"(--project-dir / KAFKA_PROJECT_DIR)")
 
 
-def ram_check(shape, pending):
+def ram_check(shape, pending, merges=()):
+    """Step 4's export against the RAM available, and each pending merge that runs on the CPU
+    (`merges`: their Needs, memory_plan's Need.merge: a 7B merge does not fit a 12 GB card)."""
     total, available = ram()
     need = memory_plan.ram_need(shape)
     text = f"{total:.1f} GiB, {available:.1f} GiB available; {need.setup} needs ~{need.gib:.1f} GiB"
-    if "4" not in pending or need.gib <= available:
+    text += "".join(f"; {m.stage}'s merge on the CPU needs ~{m.gib:.1f} GiB (once, at its end)" for m in merges)
+    short = [m.stage for m in merges if m.stage in pending and m.gib > available]
+    export_short = "4" in pending and need.gib > available
+    if not short and not export_short:
         return Check("RAM", True, text)
-    lighter = memory_plan.ram_need(shape, verify=False)
-    return Check("RAM", False, f"{text}: close what else uses memory, or run step 4 with --verify false "
-                               f"(~{lighter.gib:.1f} GiB, the files unchecked)")
+    fixes = ["close what else uses memory"]
+    if export_short:
+        lighter = memory_plan.ram_need(shape, verify=False)
+        fixes.append(f"run step 4 with --verify false (~{lighter.gib:.1f} GiB, the files unchecked)")
+    if short:
+        fixes.append(f"give {', '.join(short)} a machine with more RAM for {'its' if len(short) == 1 else 'their'} merge")
+    return Check("RAM", False, f"{text}: {'; or '.join(fixes)}")
 
 
-def checks(quick=False, project=None):
-    """Every check, in order; `quick`: no model probes (GPU, driver, memory, disk, RAM only)."""
+def checks(quick=False, project=None, base_model=None):
+    """Every check, in order; `quick`: no model probes (GPU, driver, memory, disk, RAM only).
+    `base_model` (default: the project's TinyLlama): the base whose stages are checked, in its
+    workspace (stages.workspace), with its shape (its config.json)."""
     import torch  # noqa: F401 - the first import is most of the quick form's time
     project = Path(project) if project else project_dir()
+    base_model = base_model or stages.BASE_MODEL
+    workspace = stages.workspace(project, base_model)
     cpu = models.cpu_requested()
     found = gpus()
     device = "cuda" if found and not cpu else "cpu"  # where the probes run
     plan = "cpu" if cpu else "cuda"  # what the steps will compute on: the GPU unless the CPU is asked for
-    shape = memory_plan.model_shape(project)
-    pending = [name for name in stages.STAGES if not finished(project, name)]
+    shape = memory_plan.model_shape(project, base_model)
+    free = gpu_free(found, cpu)
+    where = (f"the {free:.1f} GiB free on GPU 0" if free is not None else
+             f"a {memory_plan.CARD_GIB:.0f} GB card ({'the CPU is asked for' if cpu else 'no GPU here'})")
+    end, path_line = choose_path(workspace, base_model, shape, free if free is not None else memory_plan.CARD_GIB, where)
+    path = path_of(end) if end != stages.CURRICULUM_END else None  # None: every stage, as the curriculum's
+    pending = [name for name in stages.STAGES if not finished(workspace, name, end)]
     out = [device_check(found, cpu), driver_check(found, cpu)]
     if found:
-        out.append(capability_check(found, pending, cpu))
-    out += memory_checks(project, shape, found, cpu, pending)
+        out.append(capability_check(found, pending, cpu, path))
+    if path_line:
+        out.append(path_line)
+    out += memory_checks(workspace, shape, found, cpu, pending, path)
     if not quick:
-        out += [bitsandbytes_check(device, pending), optimizer_check(device, pending), attention_check(device)]
-    out += [disk_check(project, shape, pending, plan), ram_check(shape, pending)]
+        relevant = [n for n in pending if path is None or n in path]
+        out += [bitsandbytes_check(device, relevant), optimizer_check(device, relevant), attention_check(device)]
+    merges = [memory_plan.train_memory(n, shape, memory_plan.sample_tokens(workspace, n), device=plan,
+                                       free_gib=free if free is not None else memory_plan.CARD_GIB, project=workspace).merge
+              for n in pending if stages.stage(n).produces == stages.MERGED and (path is None or n in path)]
+    out += [disk_check(workspace, shape, pending, plan, path), ram_check(shape, pending, [m for m in merges if m])]
     return out
 
 
@@ -449,13 +533,15 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="no model probes: GPU, driver, memory, disk, RAM only")
     parser.add_argument("--project-dir", default="", help="project folder (default: $KAFKA_PROJECT_DIR or /project)")
+    parser.add_argument("--base-model", default=stages.BASE_MODEL, help=stages.BASE_MODEL_HELP)
     args = parser.parse_args(argv)
     project = project_dir(args.project_dir)
     began = time.perf_counter()
-    results = checks(quick=args.quick, project=project)
+    results = checks(quick=args.quick, project=project, base_model=args.base_model)
+    base = "" if args.base_model == stages.BASE_MODEL else f", base {args.base_model}: {stages.workspace(project, args.base_model)}"
     # One write: the container runs the quick form beside Jupyter's start, whose lines must not cut it.
     print(f"chateau doctor{' --quick' if args.quick else ''}: this machine against each stage's defaults "
-          f"(project folder {project}; estimates from chateau/memory_plan.py)\n{report(results)}\n"
+          f"(project folder {project}{base}; estimates from chateau/memory_plan.py)\n{report(results)}\n"
           f"({time.perf_counter() - began:.1f} s)", flush=True)
     return 1 if any(c.stops_a_stage for c in results) else 0
 

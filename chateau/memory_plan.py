@@ -11,9 +11,11 @@ Where the memory goes (per GPU, bytes per parameter P or per element):
   full weights (2a, 2d; chateau/fullweight.py): bf16 weights 2 + bf16 gradients 2 + torchao's
     8-bit AdamW 2 (two 8-bit moments, an fp32 scale per 256 values) per parameter; the residual
     stream in bf16.
-  QLoRA (2b, 2c; chateau/qlora.py): NF4 matrices ~0.52 B (4 bits + double-quantized block
-    scales); embeddings, LM head and norms in fp32 (prepare_model_for_kbit_training upcasts them);
-    LoRA factors 16 B each (fp32 weight, gradient, AdamW's two fp32 moments). The upcast fp32 norms
+  QLoRA (2b, 2c on 2a; 2e, 2f on the base itself; chateau/qlora.py): NF4 matrices ~0.52 B (4 bits
+    + double-quantized block scales); embeddings, LM head and norms in fp32
+    (prepare_model_for_kbit_training upcasts them); LoRA factors 16 B each (fp32 weight, gradient,
+    AdamW's two fp32 moments), at the rank of the LoRA trained: a new one's --lora-r, a continued
+    one's that of the adapter it continues (2f: 2e's 16). The upcast fp32 norms
     turn the whole residual stream fp32 (x fp32-weight = fp32; bitsandbytes casts each 4-bit
     layer's output back to its input's dtype), so the checkpointed layer inputs and the recomputed
     layer are fp32.
@@ -23,10 +25,14 @@ Where the memory goes (per GPU, bytes per parameter P or per element):
     logits and their fp32 copies of the forward are gone by then), one layer recomputed (its saved
     tensors, the gradients of its widest ones, and for LoRA each projection's dropout copy of its
     input with the mask), and the 8-bit optimizer's step (fp32 buffers of its largest parameter).
-  A merged stage (2c) then merges: the trainer (4-bit model, LoRA, optimizer state) still
+  A merged stage (2c, 2f) then merges: the trainer (4-bit model, LoRA, optimizer state) still
     resident, the base's full weights (bf16) loaded beside it, and the merged model's validation
     loss measured at training.validation_loss's batch (10 B per logit: bf16 logits, the fp32 upcast
-    and the log-probabilities, no gradients).
+    and the log-probabilities, no gradients). Where it runs is models.merge_device's rule at run
+    time: on the GPU when the bf16 weights and MERGE_MARGIN_GIB fit what the trainer left free
+    (PyTorch's cache still holds the training peak), else on the CPU in bf16, checked on a few
+    validation rows (a 7B model's 13.5 GiB never fit beside the trainer on a 12 GB card): then the
+    merge is RAM (Need.merge), not the GPU's peak.
   + ~0.5 GiB of CUDA context per process (outside PyTorch's allocator).
 """
 import dataclasses
@@ -43,7 +49,17 @@ GIB = 2 ** 30
 TINYLLAMA_V1_1 = dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
                       intermediate_size=5632, vocab_size=32000, tie_word_embeddings=False, max_position_embeddings=2048)
 
+# Mistral-7B-v0.1's config.json (the fields the estimates read): the 7B base of downloads.BASES,
+# planned before it is downloaded (14.5 GB).
+MISTRAL_7B_V0_1 = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                       intermediate_size=14336, vocab_size=32000, tie_word_embeddings=False,
+                       max_position_embeddings=32768, sliding_window=4096, rms_norm_eps=1e-5, rope_theta=10000.0)
+# The configs of the bases the project downloads (chateau/downloads.py's BASES, by hub repository),
+# for a base named with --base-model before its folder holds a config.json.
+KNOWN_CONFIGS = {"TinyLlama/TinyLlama_v1.1": TINYLLAMA_V1_1, "mistralai/Mistral-7B-v0.1": MISTRAL_7B_V0_1}
+
 CUDA_CONTEXT_GIB = 0.5  # the CUDA context and cuBLAS workspace of one process, outside the allocator
+CARD_GIB = 12.0  # the card the defaults are written for (a "12 GB" RTX 3060 / 4070: 12,288 MiB): the plan without a GPU
 
 # (weights, gradients, optimizer state) in bytes per parameter for the full-weight optimizers
 # (chateau/fullweight.py's OPTIMIZERS); the weights' dtype follows the optimizer there.
@@ -57,7 +73,7 @@ NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4 bits; an 8-bit absmax per 64 valu
 LORA_BYTES = 4 + 4 + 8                      # fp32 factor + gradient + AdamW's two fp32 moments (the Trainer's adamw_torch)
 LOSS_BYTES_PER_LOGIT = 12                   # training: fp32 log-probabilities + the two fp32 gradients of their backward
 EVAL_BYTES_PER_LOGIT = 10                   # no gradients: bf16 logits + the fp32 upcast + the log-probabilities
-DROPOUT_BYTES = 4 + 1                       # LoRA dropout: an fp32 copy of the input + its bool mask
+MASK_BYTES = 1                              # LoRA dropout: a copy of its input (the residual's dtype) + this bool mask
 
 # Disk, bytes per parameter: a checkpoint's optimizer state is the state above; GGUF files as
 # step 4 writes them (f16; q8_0: 32 int8 + one f16 scale per block; llama.cpp's q4_k_m: ~4.85 bits).
@@ -69,7 +85,7 @@ NOVEL_TOKENS = 250_000
 
 @dataclass(frozen=True)
 class Shape:
-    """A Llama-architecture model's dimensions."""
+    """A Llama- (or Mistral-) architecture model's dimensions."""
     hidden: int
     layers: int
     heads: int
@@ -130,12 +146,20 @@ TINYLLAMA_SHAPE = Shape.from_config(TINYLLAMA_V1_1, source="TinyLlama_v1.1's sha
 
 
 def model_shape(project, base_model=None):
-    """The base model's shape from its config.json (every later model shares it), else TinyLlama_v1.1's."""
-    base = stages.base_model_dir(project, base_model or stages.BASE_MODEL)
+    """The shape of base `base_model` (default: the project's default base) from its config.json
+    (every later model of its chain shares it); before it is downloaded, a known base's (KNOWN_CONFIGS),
+    else TinyLlama_v1.1's. `project`: the project folder or a base's workspace."""
+    base_model = base_model or stages.BASE_MODEL
+    base = stages.base_model_dir(project, base_model)
     try:
         return Shape.from_config(json.loads((base / "config.json").read_text()), source=str(base / "config.json"))
     except (OSError, ValueError, KeyError, TypeError):
-        return TINYLLAMA_SHAPE
+        pass
+    from chateau import downloads
+    known = downloads.base_of_folder(base_model)
+    if known and known.repo in KNOWN_CONFIGS and known.repo != downloads.MODEL_REPO:
+        return Shape.from_config(KNOWN_CONFIGS[known.repo], source=f"{known.repo}'s shape (not downloaded yet)")
+    return TINYLLAMA_SHAPE
 
 
 def stage_defaults(name):
@@ -146,6 +170,22 @@ def stage_defaults(name):
 def lora_targets():
     from chateau.qlora import LORA_TARGETS
     return LORA_TARGETS
+
+
+def lora_rank(name, settings=None, project=None):
+    """The rank of the LoRA QLoRA stage `name` trains: a new LoRA's --lora-r (`settings`, default
+    its script's); a continued one's is the adapter's it continues (2f trains 2e's rank-16 adapter,
+    whatever its own --lora-r says): that stage's adapter_config.json in `project` (a workspace)
+    once it is trained, else its script's default."""
+    source = stages.stage(name).adapter_from
+    if not source:
+        return (settings or stage_defaults(name))["lora_r"]
+    if project is not None:
+        try:
+            return int(json.loads((stages.folder(project, source) / "adapter_config.json").read_text())["r"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return lora_rank(source, None, project)
 
 
 def validation_batch():
@@ -179,15 +219,19 @@ class Need:
     setup: str
     parts: dict = field(default_factory=dict)   # {what: GiB}, the peak is their sum
     overhead_gib: float = 0.0                   # CUDA context (GPU) or nothing (CPU)
+    merge: "Need" = None                        # a merged stage trained on the GPU whose merge runs on the CPU: its RAM
 
     @property
     def gib(self):
         return sum(self.parts.values()) + self.overhead_gib
 
 
-def train_memory(name, shape, tokens, settings=None, device="cuda", batch_size=None):
+def train_memory(name, shape, tokens, settings=None, device="cuda", batch_size=None, free_gib=CARD_GIB, project=None):
     """The peak memory of train stage `name` on one GPU (`device` "cuda") or in RAM ("cpu") at
-    `settings` (default: the script's defaults) with `tokens`-token samples, as a Need."""
+    `settings` (default: the script's defaults) with `tokens`-token samples, as a Need. A merged
+    stage's merge counts where it runs: on a GPU with `free_gib` free before training (default: a
+    12 GB card) when models.merge_device would keep it there, else on the CPU (Need.merge: RAM).
+    `project`: the stages' workspace, where a continued adapter's rank is read (lora_rank)."""
     settings = settings or stage_defaults(name)
     step = stages.stage(name)
     batch = batch_size or settings["batch_size"]
@@ -206,18 +250,26 @@ def train_memory(name, shape, tokens, settings=None, device="cuda", batch_size=N
         largest = max(shape.vocab * shape.hidden, max(a * b for a, b in shape.matrices().values()))
         step_peak = largest * 4 * (2 if device == "cuda" else 6) / GIB
         layer = (shape.layer_activations(micro) + 2 * micro * shape.intermediate) * act
+        recipe = "full weights"
     else:
         targets = lora_targets()
+        rank = lora_rank(name, settings, project)
         act = _qlora_float_bytes(settings, device)  # the residual stream has the (upcast) norms' dtype
-        lora = shape.lora_params(settings["lora_r"], targets)
+        lora = shape.lora_params(rank, targets)
         parts["4-bit weights"] = shape.matrix_params * NF4_BYTES / GIB
         parts[f"embeddings, head, norms ({'fp32' if act == 4 else 'bf16'})"] = \
             (shape.embedding_params + shape.norm_params) * act / GIB
         parts["LoRA + its AdamW"] = lora * LORA_BYTES / GIB
         step_peak = 0.0
-        dropout = shape.lora_inputs(targets) * micro * DROPOUT_BYTES if settings.get("lora_dropout", 0) > 0 else 0
+        # Under autocast peft applies the dropout to the input as it comes: fp32, or bf16 with --upcast-norms false.
+        dropout = shape.lora_inputs(targets) * micro * (act + MASK_BYTES) if settings.get("lora_dropout", 0) > 0 else 0
         dequantized = max(a * b for a, b in shape.matrices().values()) * 2  # one 4-bit matrix as bf16, in matmul
-        layer = (shape.layer_activations(micro) + 2 * micro * shape.intermediate) * act + dropout + dequantized
+        # The recomputed layer's saved tensors and gradients at 4 B, whatever the residual's dtype: with a
+        # bf16 residual its matmuls' outputs are bf16, but the norms' fp32 upcasts and autocast's bf16
+        # copies of every projection's input come beside them. Measured at Mistral-7B's width
+        # (python -m bench.qlora_memory --mistral): the bf16 layer ~90% of the fp32 one, not half.
+        layer = (shape.layer_activations(micro) + 2 * micro * shape.intermediate) * 4 + dropout + dequantized
+        recipe = f"4-bit base + LoRA r {rank}"
     loss = micro * shape.vocab * LOSS_BYTES_PER_LOGIT
     if checkpointing:
         parts["checkpointed layer inputs"] = shape.layers * micro * shape.hidden * act / GIB
@@ -225,15 +277,29 @@ def train_memory(name, shape, tokens, settings=None, device="cuda", batch_size=N
     else:
         activations = shape.layers * layer + loss  # every layer's activations are alive at the loss
     parts["peak of a step (the loss's backward, a recomputed layer or the optimizer step)"] = max(activations / GIB, step_peak)
-    recipe = "full weights" if step.recipe == "fullweight" else f"4-bit base + LoRA r {settings['lora_r']}"
     need = Need(name, f"{recipe}, batch {batch} x {tokens} tokens", parts,
                 CUDA_CONTEXT_GIB if device == "cuda" else 0.0)
     if step.produces == stages.MERGED and settings.get("merge", True):
-        merge = merge_memory(name, shape, settings, tokens, device)
+        if merge_device(shape, need, device, free_gib) == "cpu" and device == "cuda":
+            need.merge = cpu_merge_memory(name, shape, tokens)
+            need.setup += f"; its merge on the CPU (~{need.merge.gib:.1f} GiB of RAM)"
+            return need
+        merge = merge_memory(name, shape, settings, tokens, device, project)
         if merge.gib > need.gib:
             merge.setup = f"{need.setup}; its merge is the peak"
             return merge
     return need
+
+
+def merge_device(shape, training, device="cuda", free_gib=CARD_GIB):
+    """Where a merged stage's merge runs, as models.merge_device decides at run time: on the GPU
+    when the base's bf16 weights and MERGE_MARGIN_GIB fit the memory free then (`free_gib` less the
+    `training` Need's peak, which PyTorch's cache still holds), else on the CPU; a CPU run merges
+    on the CPU."""
+    from chateau.models import MERGE_MARGIN_GIB
+    if device != "cuda":
+        return "cpu"
+    return "cuda" if shape.params * 2 / GIB + MERGE_MARGIN_GIB <= free_gib - training.gib else "cpu"
 
 
 def _qlora_float_bytes(settings, device):
@@ -242,33 +308,56 @@ def _qlora_float_bytes(settings, device):
     return 4 if settings.get("upcast_norms", True) or device == "cpu" else 2
 
 
-def merge_memory(name, shape, settings, tokens, device="cuda"):
-    """A merged stage's merge (chateau/qlora.py's merge): the trainer still resident (4-bit model,
-    LoRA and its AdamW), the base's full weights loaded beside it, and the merged model's
-    validation loss at training.validation_loss's batch."""
+def merge_memory(name, shape, settings, tokens, device="cuda", project=None):
+    """A merged stage's merge on the device it trained on (chateau/qlora.py's merge): the trainer
+    still resident (4-bit model, LoRA and its AdamW), the base's full weights loaded beside it, and
+    the merged model's validation loss at training.validation_loss's batch."""
     targets = lora_targets()
     eval_batch = validation_batch()
     full = 2 if device == "cuda" else 4  # models.load_model: bf16 on GPU, fp32 on CPU
+    rank = lora_rank(name, settings, project)
     parts = {"trainer (4-bit model, LoRA, AdamW)": (shape.matrix_params * NF4_BYTES
                                                     + (shape.embedding_params + shape.norm_params)
                                                     * _qlora_float_bytes(settings, device)
-                                                    + shape.lora_params(settings["lora_r"], targets) * (LORA_BYTES - 4)) / GIB,
+                                                    + shape.lora_params(rank, targets) * (LORA_BYTES - 4)) / GIB,
              "the base's full weights": shape.params * full / GIB,
              f"validation logits (batch {eval_batch})": eval_batch * tokens * shape.vocab * EVAL_BYTES_PER_LOGIT / GIB}
     return Need(name, "its merge", parts, CUDA_CONTEXT_GIB if device == "cuda" else 0.0)
 
 
-def largest_batch(name, shape, tokens, free_gib, settings=None, device="cuda"):
+def cpu_merge_memory(name, shape, tokens):
+    """RAM of a GPU run's merge moved to the CPU (models.merge_device): the base's weights in bf16
+    (the process's compute dtype), the merge's margin (the adapter, peft's copies of one layer,
+    the allocator: models.MERGE_MARGIN_GIB) and its check, the validation loss of a few rows
+    (qlora.CPU_MERGE_CHECK_ROWS) at training.validation_loss's batch. The trainer stays on the GPU."""
+    from chateau.models import MERGE_MARGIN_GIB
+    from chateau.qlora import CPU_MERGE_CHECK_ROWS
+    eval_batch = validation_batch()
+    parts = {"the base's weights (bf16)": shape.params * 2 / GIB,
+             "the merge's margin (adapter, peft's copies, allocator)": MERGE_MARGIN_GIB,
+             f"its check's logits ({CPU_MERGE_CHECK_ROWS} rows, batch {eval_batch})":
+                 eval_batch * tokens * shape.vocab * EVAL_BYTES_PER_LOGIT / GIB}
+    return Need(name, f"its merge on the CPU (bf16; checked on {CPU_MERGE_CHECK_ROWS} validation rows)", parts)
+
+
+def largest_batch(name, shape, tokens, free_gib, settings=None, device="cuda", project=None):
     """The largest --batch-size below the default that fits `free_gib` and divides the tokens per
     step (the accumulation is derived from it: training.accumulation), with its Need; or None."""
     settings = settings or stage_defaults(name)
     for batch in range(settings["batch_size"] - 1, 0, -1):
         if settings["tokens_per_step"] % (batch * tokens):
             continue
-        need = train_memory(name, shape, tokens, settings, device, batch_size=batch)
+        need = train_memory(name, shape, tokens, settings, device, batch_size=batch, free_gib=free_gib, project=project)
         if need.gib <= free_gib:
             return batch, need
     return None
+
+
+def fits(name, shape, tokens, free_gib, settings=None, device="cuda", project=None):
+    """Whether train stage `name` fits `free_gib` at its defaults or at a smaller --batch-size."""
+    settings = settings or stage_defaults(name)
+    need = train_memory(name, shape, tokens, settings, device, free_gib=free_gib, project=project)
+    return need.gib <= free_gib or largest_batch(name, shape, tokens, free_gib, settings, device, project) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +394,7 @@ def stage_disk(name, shape, project=None, device="cuda"):
             checkpoint = model + shape.params * state / GIB
             what = f"the model ({'bf16' if weight == 2 else 'fp32'}) and {keep} checkpoints with the optimizer state"
         else:
-            lora = shape.lora_params(settings["lora_r"], lora_targets())
+            lora = shape.lora_params(lora_rank(name, settings, project), lora_targets())
             model = lora * 4 / GIB
             checkpoint = model + lora * 8 / GIB  # + AdamW's two fp32 moments
             what = f"the adapter and {keep} checkpoints"
@@ -315,7 +404,7 @@ def stage_disk(name, shape, project=None, device="cuda"):
         passes = 0.0
         if dial.is_dialled(name):  # every pass kept (chateau/dial.py): its weights or its adapter
             passes = settings["epochs"] * (shape.params * 2 / GIB if step.recipe == "fullweight" else
-                                           shape.lora_params(settings["lora_r"], lora_targets()) * 4 / GIB)
+                                           shape.lora_params(lora_rank(name, settings, project), lora_targets()) * 4 / GIB)
             what += f" and its {settings['epochs']} passes"
         # The Trainer writes a new checkpoint before it deletes the oldest one.
         return Disk(name, model + keep * checkpoint + passes,

@@ -258,6 +258,7 @@ def merge_device(model_dir):
         return "cpu"
     import torch
     need = parameter_count(model_dir) * 2 / 2**30 + MERGE_MARGIN_GIB
+    torch.cuda.empty_cache()  # what PyTorch's pool keeps but no tensor uses is free for the merge
     free = torch.cuda.mem_get_info()[0] / 2**30
     if need <= free:
         return "cuda"

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bench import train_bench
 from conftest import ROOT
@@ -56,6 +57,32 @@ def test_train_bench_runs_the_real_code_path_and_a_baseline_and_a_failure_is_a_r
     assert "baseline: plain Trainer, bs 8" in out and "set-up took" in out
 
 
+def test_train_bench_runs_the_7b_path_at_a_tiny_mistral_shape(tmp_path, capsys):
+    """2e and 2f, the path of a base whose full weights do not fit 12 GB: the scripts themselves
+    with --base-model in that base's workspace, on a Mistral-architecture model (tiny, on CPU);
+    2e's default row leaves the adapter 2f continues, and 2f trains with its merge off."""
+    train_bench.main(["--tiny", "--steps", "4", "--only", "2e,2f", "--levers", "none", "--budget-s", "3600",
+                      "--out", str(tmp_path / "t.txt")])
+    out = capsys.readouterr().out
+    header, body = (tmp_path / "t.txt").read_text().split("stage configuration")
+    table = body.splitlines()[1:]
+    assert "a tiny Mistral for 2e, 2f" in header and [l[:2] for l in table] == ["2e", "2f"], body
+    for line in table:
+        peak, tps, mfu, ratio, loss, note = cells(line, "checkpointing)")
+        assert float(tps) > 0 and float(loss) > 0, body  # measured, not skipped: the 2f row continued 2e's adapter
+    assert "--merge false: training only" in table[1]  # the 2f row times training, not the 7B merge
+    assert "2e's default row leaves the adapter 2f continues" in out
+
+
+def test_without_a_gpu_the_7b_rows_are_listed_with_their_reason(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU machine measures them")
+    train_bench.main(["--only", "2e,2f", "--budget-s", "3600", "--out", str(tmp_path / "t.txt")])  # not --tiny
+    table = (tmp_path / "t.txt").read_text().split("stage configuration")[1].strip().splitlines()[1:]
+    assert [l.split(None, 1)[0] for l in table] == ["2e", "2f", "2e", "2e"]  # defaults, then 2e's levers; no baseline
+    assert all("skipped: needs a GPU (a 4-bit 7B model" in l for l in table)
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0
@@ -74,13 +101,13 @@ def measured_in(clock, seconds):
 
 PLANNED = train_bench.plan(list(train_bench.BENCHED))
 COST = {stage: train_bench.flops_per_step(train_bench.REAL, stage) for stage in train_bench.BENCHED}
-SECONDS = {"2a": 10.0, "2b": 40.0, "2c": 40.0}
+SECONDS = {"2a": 10.0, "2b": 40.0, "2c": 40.0, "2e": 60.0, "2f": 60.0}
 
 
 @pytest.mark.parametrize("budget, measured, first_skipped", [
     (0, 0, 0),                                   # spent before 2a (by the set-up)
     (10 + 40 + 5, 2, 2),                         # runs out between 2b's and 2c's defaults
-    (10 + 40 + 40 + 10 + 40 + 40 + 10 + 5, 7, 7),  # defaults and baselines, one lever, then out mid-levers
+    (10 + 40 + 40 + 60 + 60 + 10 + 40 + 40 + 10 + 5, 9, 9),  # defaults (2e, 2f too) and baselines, one lever, then out
 ])
 def test_every_planned_row_comes_back_whatever_the_budget(budget, measured, first_skipped):
     clock = FakeClock()
@@ -115,6 +142,7 @@ def test_train_bench_with_its_budget_spent_at_set_up_prints_every_row_and_exits_
     train_bench.main(["--tiny", "--budget-s", "0", "--out", str(out_file)])
     table = out_file.read_text().split("stage configuration")[1].strip().splitlines()[1:]
     assert len(table) == len(PLANNED) and all("skipped: the budget is spent" in line for line in table)
+    assert {line.split(None, 1)[0] for line in table} == set(train_bench.BENCHED)  # 2e and 2f listed too
     assert "set-up took" in capsys.readouterr().out
 
 

@@ -97,7 +97,7 @@ def test_a_card_before_ampere_has_no_bf16_to_train_with(monkeypatch, capsys, tmp
     code, lines = run(capsys, tmp_path, "--quick")
     assert code == 1
     assert lines["bf16"].startswith("FAIL bf16: Tesla T4: compute capability 7.5, no native bf16")
-    assert "2a, 2b, 2c, 2d cannot run" in lines["bf16"] and "compute capability 8.0+" in lines["bf16"]
+    assert "2a, 2b, 2c, 2d, 2e, 2f cannot run" in lines["bf16"] and "compute capability 8.0+" in lines["bf16"]
     assert lines["memory 2a"].startswith("ok")  # its memory would do: the card is what stops it
 
     finish(tmp_path, *stages.TRAIN_STAGES)  # nothing left to train: the old card stops nothing
@@ -120,9 +120,19 @@ def test_too_little_gpu_memory_names_the_batch_that_fits(monkeypatch, capsys, tm
     finish(tmp_path, "2a", "2d")  # finished stages need nothing more
     assert run(capsys, tmp_path, "--quick")[0] == 0
 
+    # 3 GiB: 2a's full weights do not fit even at batch 1, so the base's path is QLoRA on its 4-bit
+    # self (2e -> 2f), said in one line; 2e fits at a smaller batch, the full-weight chain is not checked.
     gpu_machine(monkeypatch, [("NVIDIA GeForce RTX 3050", (8, 6))], free_gib=3.0)
     code, lines = run(capsys, tmp_path, "--quick")
-    assert code == 1 and "does not fit even at --batch-size 1" in lines["memory 2c"]
+    assert code == 1
+    assert lines["path"].startswith(f"info path: {stages.BASE_MODEL} (1.10B parameters") and \
+        "do not fit the 3.0 GiB free on GPU 0" in lines["path"] and "1a, 1c → 2e → 2f" in lines["path"]
+    assert lines["memory 2e"].startswith("FAIL") and "pass --batch-size 4" in lines["memory 2e"]
+    assert lines["memory 2c"].startswith("info") and "not on this base's path" in lines["memory 2c"]
+
+    gpu_machine(monkeypatch, [("NVIDIA GeForce RTX 3050", (8, 6))], free_gib=1.5)
+    code, lines = run(capsys, tmp_path, "--quick")
+    assert code == 1 and "does not fit even at --batch-size 1" in lines["memory 2e"]
 
 
 def test_too_little_disk_for_the_unfinished_stages(monkeypatch, capsys, tmp_path):
@@ -131,7 +141,7 @@ def test_too_little_disk_for_the_unfinished_stages(monkeypatch, capsys, tmp_path
     assert code == 1
     assert lines["disk"].startswith(f"FAIL disk: 12.0 GiB free under {tmp_path}; the stages not finished yet "
                                     f"(1a, 1b, 1c, 2a, 2b, 2c, 4) will write ~")
-    assert "2d (off the default path) would add" in lines["disk"] and "GiB more" in lines["disk"]
+    assert "2d, 2e, 2f (off the default path) would add" in lines["disk"] and "GiB more" in lines["disk"]
 
     finish(tmp_path, "1a", "1b", "2a")  # what is finished is on disk already: the rest fits
     code, lines = run(capsys, tmp_path, "--quick")
@@ -183,3 +193,87 @@ def test_the_memory_plan_against_the_hand_counts(tmp_path):
     (base / "config.json").write_text(json.dumps({**memory_plan.TINYLLAMA_V1_1, "num_hidden_layers": 11}))
     assert memory_plan.model_shape(tmp_path).layers == 11
     assert memory_plan.sample_tokens(tmp_path, "2d") == 512 and memory_plan.sample_tokens(tmp_path, "2b") == 2048
+
+
+MISTRAL_7B = "models/Mistral-7B-v0.1"
+
+
+def mistral_7b(project):
+    """Mistral-7B-v0.1's config.json in `project` (the estimates need no weights): its shape."""
+    folder = stages.base_model_dir(project, MISTRAL_7B)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({**memory_plan.MISTRAL_7B_V0_1, "model_type": "mistral"}))
+    return memory_plan.model_shape(project, MISTRAL_7B)
+
+
+def test_the_memory_plan_of_a_7b_base(tmp_path):
+    """Mistral-7B-v0.1's shape from its config.json: 7.24B parameters, LoRA r 16 on every projection
+    41.9M. 2e and 2f (QLoRA on the 4-bit base, 8 x 512) fit a 12 GB card at their defaults, 2f's
+    merge on the CPU (~15.6 GiB of RAM, not the GPU's); 2a and 2d (full weights) fit at no batch."""
+    shape = mistral_7b(tmp_path)
+    targets = memory_plan.lora_targets()
+    assert round(shape.params / 1e9, 2) == 7.24 and round(shape.lora_params(16, targets) / 1e6, 1) == 41.9
+    e = memory_plan.train_memory("2e", shape, 512)
+    assert e.setup == "4-bit base + LoRA r 16, batch 8 x 512 tokens" and 9.0 <= e.gib <= 10.5 < memory_plan.CARD_GIB
+    assert e.parts["4-bit weights"] == pytest.approx(6.979e9 * memory_plan.NF4_BYTES / GIB, rel=1e-3)  # ~3.35 GiB
+    assert e.parts["LoRA + its AdamW"] == pytest.approx(41.94e6 * 16 / GIB, rel=1e-3)                # ~0.62 GiB
+    assert e.parts["checkpointed layer inputs"] == pytest.approx(32 * 8 * 512 * 4096 * 4 / GIB)       # 2.0 GiB, fp32
+    f = memory_plan.train_memory("2f", shape, memory_plan.sample_tokens(tmp_path, "2f"))
+    assert "LoRA r 16" in f.setup and f.parts == e.parts  # 2e's adapter continued: its rank, whatever 2f's --lora-r
+    assert "its merge on the CPU" in f.setup and 15.0 <= f.merge.gib <= 16.5 and f.gib == pytest.approx(e.gib)
+    assert f.merge.parts["the base's weights (bf16)"] == pytest.approx(shape.params * 2 / GIB)  # 13.5 GiB
+    assert memory_plan.train_memory("2f", shape, 512, free_gib=80.0).merge is None  # a big card merges on the GPU
+    for name in ("2a", "2d"):  # full weights: 6 B a parameter before any activation
+        assert memory_plan.train_memory(name, shape, 512, batch_size=1).gib > 40 > memory_plan.CARD_GIB
+        assert not memory_plan.fits(name, shape, 512, memory_plan.CARD_GIB)
+    assert memory_plan.fits("2e", shape, 512, memory_plan.CARD_GIB)
+
+    # How the figures scale: activations linearly with the batch, the weights and LoRA not at all;
+    # the 4-bit weights with the matrices' parameters, the checkpointed inputs with layers x hidden.
+    at = {b: memory_plan.train_memory("2e", shape, 512, batch_size=b) for b in (2, 4, 8)}
+    assert at[8].gib - at[4].gib == pytest.approx(2 * (at[4].gib - at[2].gib))
+    assert at[2].parts["4-bit weights"] == at[8].parts["4-bit weights"]
+    tiny = memory_plan.train_memory("2e", TINYLLAMA_SHAPE, 512)
+    assert e.parts["4-bit weights"] / tiny.parts["4-bit weights"] == pytest.approx(
+        shape.matrix_params / TINYLLAMA_SHAPE.matrix_params)
+    assert e.parts["checkpointed layer inputs"] / tiny.parts["checkpointed layer inputs"] == pytest.approx((32 * 4096) / (22 * 2048))
+    bf16 = memory_plan.train_memory("2e", shape, 512, {**memory_plan.stage_defaults("2e"), "upcast_norms": False})
+    assert e.gib - bf16.gib > 1.5  # the bf16 residual stream: half the checkpointed inputs and the embedding, head
+
+    # 2e trained at another rank: 2f continues that adapter, and its estimate follows it.
+    workspace = stages.workspace(tmp_path, MISTRAL_7B)
+    stages.folder(workspace, "2e").mkdir(parents=True)
+    (stages.folder(workspace, "2e") / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    assert "LoRA r 8" in memory_plan.train_memory("2f", shape, 512, project=workspace).setup
+
+    # Before its download, a known base's shape is its own, not TinyLlama's.
+    assert memory_plan.model_shape(tmp_path / "elsewhere", MISTRAL_7B).params == shape.params
+
+
+def test_a_7b_base_takes_the_qlora_on_base_path(monkeypatch, capsys, tmp_path):
+    """--base-model of a base whose full weights do not fit the card: the doctor says its path in
+    one line (decided from the estimates) and checks that path's stages, in its workspace."""
+    mistral_7b(tmp_path)
+    gpu_machine(monkeypatch, [("NVIDIA GeForce RTX 3060", (8, 6))], free_gib=11.6, ram_gib=(128.0, 120.0))
+    code = doctor.main(["--project-dir", str(tmp_path), "--quick", "--base-model", MISTRAL_7B])
+    out = capsys.readouterr().out
+    lines = {line.split(":", 1)[0].split(None, 1)[1]: line for line in out.splitlines()[1:-2]}
+    assert code == 0, out
+    assert f"base {MISTRAL_7B}: {tmp_path / 'bases' / 'Mistral-7B-v0.1'}" in out.splitlines()[0]
+    assert lines["path"].startswith(f"info path: {MISTRAL_7B} (7.24B parameters") and \
+        "do not fit the 11.6 GiB free on GPU 0" in lines["path"] and "1a, 1c → 2e → 2f" in lines["path"]
+    assert lines["memory 2e"].startswith("ok   memory 2e: 4-bit base + LoRA r 16, batch 8 x 512 tokens: ~")
+    assert lines["memory 2f"].startswith("ok") and "its merge on the CPU (~15.6 GiB of RAM)" in lines["memory 2f"]
+    for name in ("2a", "2b", "2c", "2d"):
+        assert lines[f"memory {name}"].startswith("info") and "not on this base's path" in lines[f"memory {name}"]
+    assert "(1a, 1c, 2e, 2f, 4)" in lines["disk"] and "off the default path" not in lines["disk"]
+    assert lines["RAM"].startswith("ok") and "2f's merge on the CPU needs ~15.6 GiB" in lines["RAM"]
+
+    gpu_machine(monkeypatch, [("NVIDIA GeForce RTX 3060", (8, 6))], free_gib=11.6, ram_gib=(16.0, 12.0))
+    code, lines = run(capsys, tmp_path, "--quick", "--base-model", MISTRAL_7B)
+    assert code == 1 and lines["RAM"].startswith("FAIL") and "give 2f a machine with more RAM" in lines["RAM"]
+
+    # The default base on the same card: its full weights fit, no path line, 2e and 2f are small.
+    gpu_machine(monkeypatch, [("NVIDIA GeForce RTX 3060", (8, 6))], free_gib=11.6)
+    code, lines = run(capsys, tmp_path, "--quick")
+    assert code == 0 and "path" not in lines and lines["memory 2e"].startswith("ok")
