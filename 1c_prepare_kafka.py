@@ -84,8 +84,8 @@ def main(argv=None):
                 "train_windows": len(train_starts), "validation_windows": len(validation_starts)}})
         print(f"1c done: {len(train_starts)} training and {len(validation_starts)} validation windows of "
               f"{settings.seq_len} tokens from {len(ids)} tokens in {out_dir} (read {out_dir / 'clean_text.txt'}). "
-              f"Next: python {stages.script_of('2a')} (if not done), then "
-              f"{' or '.join(s.script for s in stages.TABLE if s.data == stages.NOVEL_DATA)}")
+              f"Next: {stages.command('2a', settings.base_model)} or {stages.command('2e', settings.base_model)} (if not "
+              f"done), then {' or '.join(stages.command(s.name, settings.base_model) for s in stages.TABLE if s.data == stages.NOVEL_DATA)}")
 
 
 if __name__ == "__main__":

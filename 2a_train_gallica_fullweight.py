@@ -14,7 +14,7 @@ The recipe is chateau/fullweight.py's (bf16 weights + 8-bit AdamW with stochasti
 from dataclasses import dataclass
 
 from chateau import fullweight, stages
-from chateau.cli import parse_settings, project_dir, run, say, setting
+from chateau.cli import parse_settings, run, say, setting
 
 
 @dataclass
@@ -32,8 +32,8 @@ class Settings(fullweight.FullWeightSettings):
 def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
     if fullweight.train(settings, "2a") is not None:
-        say(f"2a done: model in {stages.folder(project_dir(settings.project_dir), '2a')}. "
-            f"Next: python {stages.script_of('1b')} (if not done), then python {stages.script_of('2b')}")
+        say(f"2a done: model in {stages.folder(stages.workspace_of(settings), '2a')}. "
+            f"Next: {stages.command('1b', settings.base_model)} (if not done), then {stages.command('2b', settings.base_model)}")
 
 
 if __name__ == "__main__":

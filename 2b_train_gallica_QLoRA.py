@@ -16,7 +16,7 @@ data, the adapter to continue, other rates): QLoRA is configuration, not code.
 from dataclasses import dataclass
 
 from chateau import qlora, stages
-from chateau.cli import parse_settings, project_dir, run, say, setting
+from chateau.cli import parse_settings, run, say, setting
 
 
 @dataclass
@@ -35,8 +35,8 @@ class Settings(qlora.QLoRASettings):
 def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
     if qlora.train(settings, "2b") is not None:
-        say(f"2b done: adapter in {stages.folder(project_dir(settings.project_dir), '2b')}. "
-            f"Next: python {stages.script_of('1c')} (if not done), then python {stages.script_of('2c')}")
+        say(f"2b done: adapter in {stages.folder(stages.workspace_of(settings), '2b')}. "
+            f"Next: {stages.command('1c', settings.base_model)} (if not done), then {stages.command('2c', settings.base_model)}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ finished (metrics.json) only once the merge is written.
 from dataclasses import dataclass
 
 from chateau import qlora, stages, training
-from chateau.cli import parse_settings, project_dir, run, say, setting
+from chateau.cli import parse_settings, run, say, setting
 
 
 @dataclass
@@ -33,11 +33,11 @@ class Settings(training.ImprintSettings, qlora.QLoRASettings):
 
 def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
-    project = project_dir(settings.project_dir)
+    project = stages.workspace_of(settings)
     if qlora.train(settings, "2c") is not None:
         say(f"2c done: adapter in {stages.folder(project, '2c')}"
             f"{', merged model in ' + str(stages.model_dir(project, '2c')) if settings.merge else ''}. "
-            f"Next: python {stages.script_of('3')} (writes the continuation), or notebook.ipynb's scoreboard")
+            f"Next: {stages.command('3', settings.base_model)} (writes the continuation), or notebook.ipynb's scoreboard")
 
 
 if __name__ == "__main__":

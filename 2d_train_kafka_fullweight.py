@@ -20,7 +20,7 @@ for TinyLlama in bf16), then publishes the pass the dial picks in models/2d_kafk
 from dataclasses import dataclass
 
 from chateau import fullweight, stages, training
-from chateau.cli import parse_settings, project_dir, run, say, setting
+from chateau.cli import parse_settings, run, say, setting
 
 
 @dataclass
@@ -38,8 +38,8 @@ class Settings(training.ImprintSettings, fullweight.FullWeightSettings):
 def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
     if fullweight.train(settings, "2d") is not None:
-        say(f"2d done: model in {stages.folder(project_dir(settings.project_dir), '2d')}. "
-            f"Next: python {stages.script_of('3')} --stage 2d, or python {stages.script_of('4')} --stage 2d")
+        say(f"2d done: model in {stages.folder(stages.workspace_of(settings), '2d')}. "
+            f"Next: {stages.command('3', settings.base_model, '--stage', '2d')}, or {stages.command('4', settings.base_model, '--stage', '2d')}")
 
 
 if __name__ == "__main__":

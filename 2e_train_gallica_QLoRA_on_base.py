@@ -39,8 +39,7 @@ def main(argv=None):
     settings = parse_settings(Settings, argv, description=__doc__)
     if qlora.train(settings, "2e") is not None:
         say(f"2e done: adapter in {stages.folder(stages.workspace_of(settings), '2e')}. "
-            f"Next: python {stages.script_of('1c')} --base-model {settings.base_model} (if not done), then "
-            f"python {stages.script_of('2f')} --base-model {settings.base_model}")
+            f"Next: {stages.command('1c', settings.base_model)} (if not done), then {stages.command('2f', settings.base_model)}")
 
 
 if __name__ == "__main__":

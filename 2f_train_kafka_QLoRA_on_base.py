@@ -42,7 +42,7 @@ def main(argv=None):
         project = stages.workspace_of(settings)
         say(f"2f done: adapter in {stages.folder(project, '2f')}"
             f"{', merged model in ' + str(stages.model_dir(project, '2f')) if settings.merge else ''}. "
-            f"Next: python {stages.script_of('3')} --stage 2f --base-model {settings.base_model}")
+            f"Next: {stages.command('3', settings.base_model, '--stage', '2f')}")
 
 
 if __name__ == "__main__":

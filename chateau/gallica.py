@@ -278,7 +278,7 @@ def _prepare(settings, step, project, tokenizer, files, out_dir):
                    "validation_books": len(books_in["validation"])}
         writer.publish(settings, {"identity": identity, "counts": counts, "books": books_in})
     seconds = time.perf_counter() - began
-    nxt = " or ".join(s.script for s in stages.TABLE if s.data == step)
+    nxt = " or ".join(stages.command(s.name, settings.base_model) for s in stages.TABLE if s.data == step)
     print(f"{step} done: {written['train']} training + {written['validation']} validation samples of "
           f"{settings.seq_len} tokens from {counts['books_used']} books in {out_dir}; {counts['tokens_read']:,} tokens "
-          f"tokenized in {seconds:.1f} s ({counts['tokens_read'] / seconds:,.0f} tokens/s). Next: python {nxt}")
+          f"tokenized in {seconds:.1f} s ({counts['tokens_read'] / seconds:,.0f} tokens/s). Next: {nxt}")

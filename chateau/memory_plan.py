@@ -420,12 +420,12 @@ def stage_disk(name, shape, project=None, device="cuda"):
 # RAM on the CPU side of a GPU run
 
 def ram_need(shape, verify=True):
-    """RAM the default path needs beside the GPU: step 4's export holds the model in fp32 while it
-    writes a file, and its checks (--verify, the default) the source model and the file read back
+    """RAM the default path needs beside the GPU: step 4's export holds the model as saved (bf16)
+    and the file's f16 tensors while it writes it, and its checks (--verify, the default) the source model and the file read back
     by transformers, both fp32, beside llama.cpp's f16 copy (chateau/gguf_files.py). The other
     steps load models straight onto the GPU, and the prepare steps stay near 1.3 GiB
     (docs/performance.md)."""
     if verify:
         return Need("4", "step 4 (two fp32 copies of the model and llama.cpp's f16 file)",
                     {"the export's checks": shape.params * (4 + 4 + 2) / GIB})
-    return Need("4", "step 4 with --verify false (one fp32 copy)", {"the export": shape.params * 4 / GIB})
+    return Need("4", "step 4 with --verify false (the bf16 model and the file's f16 tensors)", {"the export": shape.params * 4 / GIB})

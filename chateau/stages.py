@@ -5,6 +5,7 @@ from and its recipe. Every module, test, benchmark and the notebook ask this tab
 spells a stage's folder or script, or compares a stage's name to decide what to load, merge,
 export, score or benchmark. Adding a stage is one row here and a settings-only script."""
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,9 +150,9 @@ def claim_workspace(project, base_model):
                              f"another name (each base's stages live in bases/<its folder's name>/)")
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".partial")
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.partial")  # written whole, then renamed: never half a record
     tmp.write_text(json.dumps({"base_model": base_model}) + "\n")
-    tmp.rename(record)
+    tmp.replace(record)
     return folder
 
 
@@ -186,6 +187,13 @@ def folder(project, name):
 
 def script_of(name):
     return STAGES[name].script
+
+
+def command(name, base_model=BASE_MODEL, *flags):
+    """The command that runs stage `name` for `base_model` ("python 2e_....py --base-model X"):
+    what a step's "Next:" line names, the base's flag included when it is not the default."""
+    base = [] if Path(base_model) == Path(BASE_MODEL) else ["--base-model", base_model]
+    return " ".join(["python", STAGES[name].script, *base, *map(str, flags)])
 
 
 ROOT = Path(__file__).resolve().parents[1]  # the numbered scripts' folder (the container's /app)

@@ -3,6 +3,7 @@ a byte-fallback SentencePiece-style tokenizer of its own, dev/fixtures.py) runs 
 1a, 1c, 2e, 2f, step 3, step 4 and the scoreboard, in a project where the TinyLlama curriculum is
 already finished, and not one file of the TinyLlama stages changes."""
 import json
+import re
 import shutil
 
 import torch
@@ -31,7 +32,11 @@ def test_a_mistral_base_runs_its_own_path_beside_a_finished_tinyllama(pipeline, 
 
     for stage in ("1a", "1c", "2e", "2f"):
         script = stages.script_of(stage)
-        run_script(project, script, *tiny_flags(script), *MISTRAL)
+        last = run_script(project, script, *tiny_flags(script), *MISTRAL).stdout.strip().splitlines()[-1]
+        # Its folder, and a next command that keeps to this base.
+        assert str(stages.folder(work, stage)) in last and f"Next: python" in last, last
+        assert all(f"{script} --base-model {fixtures.MISTRAL_MODEL}" in last
+                   for script in re.findall(r"python (\S+\.py)", last)), last
     # Its data is its own tokenizer's, not the TinyLlama data beside it.
     own, other = (json.loads((stages.folder(p, "1a") / "manifest.json").read_text()) for p in (work, project))
     assert own["identity"]["inputs"]["tokenizer"] != other["identity"]["inputs"]["tokenizer"]
