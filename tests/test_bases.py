@@ -9,9 +9,10 @@ import shutil
 import torch
 from safetensors.torch import load_file
 
-from chateau import lineage, stages
+from chateau import lineage, scoreboard, stages
 from conftest import PIPELINE_STAGES, hashes, run_script, tiny_flags
 from dev import fixtures
+from dev.runner import scoreboard_settings
 
 MISTRAL = ["--base-model", fixtures.MISTRAL_MODEL]
 
@@ -24,7 +25,8 @@ def tinyllama_files(project):
 
 def test_a_mistral_base_runs_its_own_path_beside_a_finished_tinyllama(pipeline, tmp_path):
     project = tmp_path / "p"
-    shutil.copytree(pipeline[0], project)
+    # The finished TinyLlama project, without any other base a test may have added to it.
+    shutil.copytree(pipeline[0], project, ignore=lambda folder, names: [n for n in names if n in ("bases", "Mistral-7B-v0.1")])
     fixtures.build_mistral(project)
     before = tinyllama_files(project)
     work = stages.workspace(project, fixtures.MISTRAL_MODEL)
@@ -58,14 +60,21 @@ def test_a_mistral_base_runs_its_own_path_beside_a_finished_tinyllama(pipeline, 
 
     # Step 4: every file checked in llama.cpp (step 4 refuses to publish one that fails), the
     # sliding window said and the GGUF's context capped at it.
-    out = run_script(project, stages.script_of("4"), *MISTRAL, "--stage", "2f", "--types", "f16,q8_0")
+    out = run_script(project, stages.script_of("4"), *MISTRAL, "--stage", "2f")  # its default types: f16, q8_0, q4_k_m
     assert "sliding window" in out.stdout
     record = json.loads((stages.export_dir(work, "2f") / "export.json").read_text())
-    for kind in ("f16", "q8_0"):
+    for kind in ("f16", "q8_0", "q4_k_m"):
         figures = record[f"kafka-chateau-{kind}.gguf"]["llama_cpp"]
         assert isinstance(figures, dict) and figures["tokenizer_same_ids"], figures
+        assert record[f"kafka-chateau-{kind}.gguf"]["context"]["capped_at_sliding_window"]
     card = (stages.export_dir(work, "2f") / "README.md").read_text()
     assert card.startswith("---\nbase_model: mistralai/Mistral-7B-v0.1\n") and "2e: " in card and "2f: " in card
+
+    # The scoreboard of this base: its base model, 2e and 2f, in bits per byte as in perplexity.
+    board = scoreboard.build(work, scoreboard_settings("tiny", *MISTRAL), model_stages=("base", "2e", "2f"))
+    assert [row["stage"] for row in board["rows"]] == ["base", "2e", "2f"]
+    assert all(row["novel_bits_per_byte"] > 0 and row["french_bits_per_byte"] > 0 for row in board["rows"])
+    assert (stages.folder(work, "3") / "scoreboard.json").exists()  # in its own output/ (TinyLlama's: the digests below)
 
     # The TinyLlama stages: not one file changed, none stale.
     assert tinyllama_files(project) == before
