@@ -292,14 +292,14 @@ def train_memory(name, shape, tokens, settings=None, device="cuda", batch_size=N
 
 
 def merge_device(shape, training, device="cuda", free_gib=CARD_GIB):
-    """Where a merged stage's merge runs, by models.merge_device's rule (merge_fits_gpu): the GPU
+    """Where a merged stage's merge runs, by models.merge_device's rule (merge_need_gib): the GPU
     memory free then is taken as `free_gib` less the `training` Need's peak (a bound: the trainer's
     model and optimizer state are still held, its activations already freed); a CPU run merges on
     the CPU."""
-    from chateau.models import merge_fits_gpu
+    from chateau.models import merge_need_gib
     if device != "cuda":
         return "cpu"
-    return "cuda" if merge_fits_gpu(shape.params, free_gib - training.gib) else "cpu"
+    return "cuda" if merge_need_gib(shape.params) <= free_gib - training.gib else "cpu"
 
 
 def _qlora_float_bytes(settings, device):

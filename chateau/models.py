@@ -250,10 +250,10 @@ def parameter_count(model_dir):
 MERGE_MARGIN_GIB = 1.5  # what a merge holds besides the bf16 weights: the adapter, peft's copies of one layer, the allocator
 
 
-def merge_fits_gpu(parameters, free_gib):
-    """The rule of where a merge runs: on the GPU when the base's bf16 weights and MERGE_MARGIN_GIB
-    fit the GPU memory free (merge_device at run time, memory_plan on paper)."""
-    return parameters * 2 / 2**30 + MERGE_MARGIN_GIB <= free_gib
+def merge_need_gib(parameters):
+    """GPU memory a merge needs: the base's bf16 weights and MERGE_MARGIN_GIB. It runs on the GPU
+    when that fits the memory free (merge_device at run time, memory_plan on paper)."""
+    return parameters * 2 / 2**30 + MERGE_MARGIN_GIB
 
 
 def merge_device(model_dir):
@@ -263,12 +263,11 @@ def merge_device(model_dir):
     if not use_cuda():
         return "cpu"
     import torch
-    parameters = parameter_count(model_dir)
+    need = merge_need_gib(parameter_count(model_dir))
     torch.cuda.empty_cache()  # what PyTorch's pool keeps but no tensor uses is free for the merge
     free = torch.cuda.mem_get_info()[0] / 2**30
-    if merge_fits_gpu(parameters, free):
+    if need <= free:
         return "cuda"
-    need = parameters * 2 / 2**30 + MERGE_MARGIN_GIB
     say(f"the merge runs on the CPU: {model_dir}'s bf16 weights and the merge need ~{need:.1f} GiB, the GPU has "
         f"{free:.1f} GiB free (it needs as much RAM; a few minutes for a 7B model)")
     return "cpu"

@@ -357,9 +357,6 @@ class MemorizationSettings:
         return [f"--memorization-{problem[2:]}" for problem in positive(self, "positions", "prefix", "suffix")]
 
 
-DIALLED = ", ".join(s.name for s in stages.TABLE if dial.is_dialled(s.name))  # the stages trained in passes: "2c, 2d"
-
-
 @dataclass
 class Settings:
     """python -m chateau.scoreboard [--project-dir DIR]: every finished stage scored, the table printed.
@@ -378,7 +375,7 @@ class Settings:
     max_eval_samples: int = setting(64, "validation rows per perplexity (and bits per byte)")
     allow_stale: bool = setting(False, "score stages whose inputs changed since they were trained too (marked stale)")
     epoch: int = setting(0, "score pass N of --epoch-stage instead of its published pass (0: the published one, the dial's pick)")
-    epoch_stage: str = setting(dial.Settings.stage, f"the stage trained in passes whose pass --epoch scores: {DIALLED}")
+    epoch_stage: str = setting(dial.Settings.stage, f"the stage trained in passes whose pass --epoch scores: {dial.DIALLED}")
     memorization: MemorizationSettings = group(MemorizationSettings, "memorization",
                                                "memorization of the novel's training text, measured as the dial measures each pass")
 
@@ -388,7 +385,7 @@ class Settings:
         if self.epoch < 0:
             out.append(f"--epoch must be >= 0 (got {self.epoch}; 0 is the published pass)")
         if not dial.is_dialled(self.epoch_stage):
-            out.append(f"--epoch-stage {self.epoch_stage}: only a stage trained in passes has them ({DIALLED})")
+            out.append(f"--epoch-stage {self.epoch_stage}: only a stage trained in passes has them ({dial.DIALLED})")
         return out + self.memorization.problems()
 
 

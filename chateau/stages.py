@@ -108,6 +108,11 @@ BASES_DIR = "bases"        # the stages of every base but the default, one folde
 WORKSPACE_RECORD = "base.json"  # in such a folder: the base model it belongs to
 
 
+def same_model(project, a, b):
+    """Whether two --base-model values name the same folder (each relative to `project` or absolute)."""
+    return (Path(project) / a).resolve() == (Path(project) / b).resolve()
+
+
 def workspace(project, base_model=BASE_MODEL):
     """The folder the stages of `base_model` live in: the project folder itself for the default
     base (TinyLlama: the folders above, as they always were), bases/<its folder's name>/ inside
@@ -115,9 +120,7 @@ def workspace(project, base_model=BASE_MODEL):
     so running a second base never makes the first one's stages stale or touches them. The
     inputs (the Gallica books, the PDF, the base models) stay the project's: inputs_dir."""
     project = Path(project)
-    if (project / base_model).resolve() == (project / BASE_MODEL).resolve():
-        return project
-    return project / BASES_DIR / Path(base_model).name
+    return project if same_model(project, base_model, BASE_MODEL) else project / BASES_DIR / Path(base_model).name
 
 
 def inputs_dir(folder):
@@ -145,7 +148,7 @@ def claim_workspace(project, base_model):
     record = folder / WORKSPACE_RECORD
     if record.exists():
         owner = json.loads(record.read_text())["base_model"]
-        if (Path(project) / owner).resolve() != (Path(project) / base_model).resolve():
+        if not same_model(project, owner, base_model):
             raise StageError(f"{folder} holds the stages of base {owner}, not of {base_model}: give this base's folder "
                              f"another name (each base's stages live in bases/<its folder's name>/)")
         return folder

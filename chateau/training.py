@@ -680,7 +680,7 @@ def begin(settings, name):
         start = stages.model_dir(project, step.base)
     if step.adapter_from:
         require_trained(project, step.adapter_from)
-    inputs = lineage.train_inputs(project, [s for s in step.inputs if s != "base"], start if step.base == "base" else None)
+    inputs = lineage.train_inputs(project, step.inputs, start if step.base == "base" else None)
     if is_main_process():  # everything checked: its base's folder (the one process that writes)
         stages.claim_workspace(stages.inputs_dir(project), settings.base_model)
     return Opening(project, start, inputs)
